@@ -1,0 +1,40 @@
+"""Config loading and pre-flight checks in front of llm-foundry's ``train``.
+
+``run_name`` defaults to the YAML's file stem, so a preempted job restarted with the same
+command autoresumes from the same ``save_folder``. Everything that can be checked before the
+first batch is checked here or while the Trainer is built (objective arguments, model vocab).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Sequence
+
+from llmfoundry.command_utils import train
+from omegaconf import DictConfig
+from omegaconf import OmegaConf as om
+
+log = logging.getLogger(__name__)
+
+
+def load_config(yaml_path: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """The YAML merged with ``key=value`` overrides; ``run_name`` defaults to the YAML's stem."""
+    if not os.path.isfile(yaml_path):
+        raise FileNotFoundError(f'No such YAML: {yaml_path}')
+    cfg = om.load(yaml_path)
+    if overrides:
+        cfg = om.merge(cfg, om.from_cli(list(overrides)))
+    if not isinstance(cfg, DictConfig):
+        raise ValueError(f'{yaml_path} must hold a mapping at the top level.')
+    if cfg.get('run_name') is None:
+        cfg.run_name = os.path.splitext(os.path.basename(yaml_path))[0]
+    return cfg
+
+
+def main(argv: Sequence[str]) -> None:
+    if not argv:
+        raise SystemExit('usage: composer train.py yamls/<variant>.yaml [key=value ...]')
+    cfg = load_config(argv[0], argv[1:])
+    om.clear_resolver('oc.env')  # as llm-foundry's train_from_yaml
+    train(cfg)

@@ -1,0 +1,86 @@
+"""A Composer model around HF ``LlamaForCausalLM`` whose training loss takes sparse soft targets.
+
+The architecture is a ``LlamaConfig`` given in the YAML (no hub access). Training loss:
+``loss.soft_target_cross_entropy`` against the targets that the ``PrefixSmoothing`` algorithm
+puts in ``batch['soft_targets']``; without the algorithm the target is one-hot (plain CE).
+``loss`` returns ``{'total': objective, 'nll': plain NLL}`` so Composer logs both
+(``loss/train/total``, ``loss/train/nll``). Evaluation metrics are plain cross-entropy,
+perplexity and token accuracy for every objective.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from composer.metrics.nlp import LanguageCrossEntropy, LanguagePerplexity
+from composer.models import HuggingFaceModel
+from llmfoundry.metrics import TokenAccuracy
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers.modeling_outputs import CausalLMOutput
+
+from prefix_composer.loss import soft_target_cross_entropy
+from prefix_composer.targets import SparseTargets
+
+IGNORE_INDEX = -100
+
+
+def next_token_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Labels aligned with the logits: position t is scored on token t+1; the last position is ignored."""
+    return torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), IGNORE_INDEX)], dim=1)
+
+
+def one_hot_targets(labels: torch.Tensor) -> SparseTargets:
+    safe = labels.masked_fill(labels == IGNORE_INDEX, 0)
+    return SparseTargets(safe[:, None], torch.ones(safe.shape + (1,), device=labels.device))
+
+
+class PrefixLlamaForCausalLM(HuggingFaceModel):
+    """Llama-3-style causal LM for Composer; registered in llm-foundry as model ``prefix_llama``.
+
+    Args:
+        tokenizer: the run's tokenizer (llm-foundry passes it).
+        config: ``LlamaConfig`` keyword arguments (hidden_size, num_hidden_layers, vocab_size, ...).
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: Mapping[str, Any]):
+        if tokenizer is None:
+            raise ValueError('prefix_llama needs a tokenizer: set `tokenizer:` in the YAML.')
+        llama_config = LlamaConfig(**dict(config))
+        if llama_config.vocab_size < len(tokenizer):
+            raise ValueError(
+                f'model.config.vocab_size={llama_config.vocab_size} is smaller than the tokenizer '
+                f'({len(tokenizer)} ids); set it to at least {len(tokenizer)} (e.g. 128256 for Llama-3).',
+            )
+        super().__init__(
+            model=LlamaForCausalLM(llama_config),
+            tokenizer=tokenizer,
+            use_logits=True,
+            metrics=[],  # the training loss writes its gradient into the logits: no train metrics on them
+            eval_metrics=[LanguageCrossEntropy(), LanguagePerplexity(), TokenAccuracy()],
+            shift_labels=True,
+            allow_embedding_resizing=False,
+        )
+        self.tokenizer_size = len(tokenizer)
+
+    def forward(self, batch: Mapping[str, Any]) -> CausalLMOutput:
+        input_ids = batch['input_ids']
+        if self.training:
+            self._check_token_ids(input_ids)
+        hidden = self.model.model(input_ids=input_ids, attention_mask=batch.get('attention_mask')).last_hidden_state
+        return CausalLMOutput(logits=self.model.lm_head(hidden))
+
+    def loss(self, outputs: CausalLMOutput, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        labels = next_token_labels(batch['labels']).reshape(-1)
+        targets = batch.get('soft_targets') or one_hot_targets(labels)
+        logits = outputs.logits.reshape(labels.numel(), -1)
+        total, nll = soft_target_cross_entropy(logits, labels, targets, ignore_index=IGNORE_INDEX)
+        return {'total': total, 'nll': nll}
+
+    def _check_token_ids(self, input_ids: torch.Tensor) -> None:
+        top = int(input_ids.max())
+        if top >= self.tokenizer_size or int(input_ids.min()) < 0:
+            raise ValueError(
+                f'The training data holds token id {top}, outside the tokenizer\'s {self.tokenizer_size} ids: '
+                'the dataset was tokenized with another tokenizer. Rebuild it with scripts/create_mds.py.',
+            )

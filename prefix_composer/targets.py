@@ -1,0 +1,168 @@
+"""Sparse soft targets of the five training objectives (DESIGN.md), one row per gold id.
+
+Notation: gold id ``y``, ``s`` its byte string, ``P(s)`` the non-special ids whose bytes are a
+*strict* non-empty prefix of ``s``, ``R(s) = P(s) ∪ {y}``, smoothing mass ``eps``, temperature
+``tau``, ``Vt = len(tokenizer)``.
+
+=====================  ==========================================================================
+objective              target distribution q over the vocabulary
+=====================  ==========================================================================
+ce                     one-hot(y)
+label_smoothing        q_y = 1-eps, every other id < Vt gets eps/(Vt-1) (special ids included)
+prefix_simple          one-hot if P(s)=∅, else q_y = 1-eps and eps/|P(s)| on each prefix
+prefix_softmax         (1-eps)·one-hot(y) + eps·softmax_{i∈R(s)}(len_i / tau)
+prefix_softmax_norm    same with score len_i / len(s) / tau
+=====================  ==========================================================================
+
+``support='strict'`` runs the two softmax objectives over ``P(s)`` instead of ``R(s)`` (the
+literal printed formula of brief 001; an ablation); with ``P(s)=∅`` the target is one-hot.
+Special gold ids are one-hot under the prefix objectives. Ids ``>= Vt`` (embedding padding)
+never get mass.
+
+Every row is stored sparsely: ``ids[y, :]`` / ``weights[y, :]`` hold the support (column 0 is
+``y`` itself, padding repeats ``y`` with weight 0), and ``label_smoothing``'s dense part is the
+closed form ``uniform_mass`` on each of the ids ``0 .. uniform_count-1``, so that
+
+    q(y) = Σ_k weights[y,k]·one_hot(ids[y,k]) + uniform_mass·1[i < uniform_count].
+
+No [tokens × vocab] tensor is ever built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+import numpy as np
+import torch
+
+OBJECTIVES = ('ce', 'label_smoothing', 'prefix_simple', 'prefix_softmax', 'prefix_softmax_norm')
+SOFTMAX_OBJECTIVES = ('prefix_softmax', 'prefix_softmax_norm')
+SUPPORTS = ('inclusive', 'strict')
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveSpec:
+    """A training objective with its hyper-parameters, validated on construction."""
+
+    objective: str = 'ce'
+    eps: float = 0.0
+    tau: float = 1.0
+    support: str = 'inclusive'
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f'Unknown objective {self.objective!r}; choose one of {", ".join(OBJECTIVES)}.')
+        if not (isinstance(self.eps, (int, float)) and 0.0 <= self.eps <= 1.0):
+            raise ValueError(f'eps must be a number in [0, 1], got {self.eps!r}.')
+        if not (isinstance(self.tau, (int, float)) and self.tau > 0 and math.isfinite(self.tau)):
+            raise ValueError(f'tau must be a finite number > 0, got {self.tau!r}.')
+        if self.support not in SUPPORTS:
+            raise ValueError(f'support must be one of {", ".join(SUPPORTS)}, got {self.support!r}.')
+
+
+@dataclasses.dataclass
+class TargetTable:
+    """Per-gold-id sparse target rows plus the closed-form uniform part (see module docstring)."""
+
+    ids: torch.Tensor  # [Vt, K] int64
+    weights: torch.Tensor  # [Vt, K] float32
+    uniform_mass: float = 0.0
+    uniform_count: int = 0
+
+    def to(self, device: torch.device | str) -> 'TargetTable':
+        return dataclasses.replace(self, ids=self.ids.to(device), weights=self.weights.to(device))
+
+    def lookup(self, labels: torch.Tensor, ignore_index: int = -100) -> 'SparseTargets':
+        """Target rows for a tensor of gold labels; ignored positions get the row of id 0."""
+        safe = labels.masked_fill(labels == ignore_index, 0)
+        return SparseTargets(self.ids[safe], self.weights[safe], self.uniform_mass, self.uniform_count)
+
+
+@dataclasses.dataclass
+class SparseTargets:
+    """Targets of a batch of positions: ``ids``/``weights`` of shape [..., K] plus the uniform part."""
+
+    ids: torch.Tensor
+    weights: torch.Tensor
+    uniform_mass: float = 0.0
+    uniform_count: int = 0
+
+
+def strict_prefix_ids(pieces: list[bytes], specials: set[int]) -> list[list[int]]:
+    """For every id, the non-special ids whose bytes are a strict non-empty prefix, shortest first.
+
+    Special gold ids get no prefixes (they are one-hot under the prefix objectives).
+    """
+    index = {p: i for i, p in enumerate(pieces) if i not in specials and p}
+    out: list[list[int]] = []
+    for i, p in enumerate(pieces):
+        if i in specials:
+            out.append([])
+            continue
+        out.append([index[p[:k]] for k in range(1, len(p)) if p[:k] in index])
+    return out
+
+
+def build_target_table(pieces: list[bytes], specials: set[int], spec: ObjectiveSpec) -> TargetTable:
+    """The sparse target of every gold id ``0 .. len(pieces)-1`` under ``spec``."""
+    vt = len(pieces)
+    eps = float(spec.eps)
+    gold = np.arange(vt, dtype=np.int64)
+
+    if spec.objective == 'ce' or eps == 0.0:
+        return _table(gold[:, None], np.ones((vt, 1)))
+    if spec.objective == 'label_smoothing':
+        mass = eps / (vt - 1)
+        # q_y = (1-eps) = (1-eps-mass) sparse + mass from the uniform closed form.
+        return _table(gold[:, None], np.full((vt, 1), 1.0 - eps - mass), uniform_mass=mass, uniform_count=vt)
+
+    prefixes = strict_prefix_ids(pieces, specials)
+    width = 1 + max(len(p) for p in prefixes)
+    counts = np.fromiter(map(len, prefixes), dtype=np.int64, count=vt)
+    rows = np.repeat(gold, counts)
+    cols = 1 + np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    ids = np.repeat(gold[:, None], width, axis=1)  # padding repeats the gold id ...
+    ids[rows, cols] = np.fromiter(itertools.chain.from_iterable(prefixes), dtype=np.int64, count=rows.size)
+    member = np.zeros((vt, width), dtype=bool)  # ... and is masked out here
+    member[rows, cols] = True
+    has_prefix = member[:, 1:].any(axis=1)
+
+    if spec.objective == 'prefix_simple':
+        n = member.sum(axis=1, keepdims=True)
+        smooth = np.where(member, eps / np.maximum(n, 1), 0.0)
+    else:
+        byte_len = np.array([len(p) for p in pieces], dtype=np.float64)
+        score = byte_len[ids]
+        if spec.objective == 'prefix_softmax_norm':
+            score = score / np.maximum(byte_len[:, None], 1.0)
+        in_support = member.copy()
+        in_support[:, 0] = spec.support == 'inclusive'
+        smooth = eps * _masked_softmax(score / spec.tau, in_support)
+
+    weights = np.zeros((vt, width))
+    weights[:, 0] = 1.0 - eps
+    weights += smooth
+    weights[~has_prefix] = 0.0
+    weights[~has_prefix, 0] = 1.0  # no prefix (or special gold): one-hot
+    return _table(ids, weights)
+
+
+def _masked_softmax(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Row-wise softmax over the True entries of ``mask`` (rows with none give zeros)."""
+    scores = np.where(mask, scores, -np.inf)
+    top = scores.max(axis=1, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    e = np.where(mask, np.exp(scores - top), 0.0)
+    total = e.sum(axis=1, keepdims=True)
+    return e / np.where(total > 0, total, 1.0)
+
+
+def _table(ids: np.ndarray, weights: np.ndarray, uniform_mass: float = 0.0, uniform_count: int = 0) -> TargetTable:
+    return TargetTable(
+        ids=torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)),
+        weights=torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32)),
+        uniform_mass=uniform_mass,
+        uniform_count=uniform_count,
+    )
