@@ -11,11 +11,12 @@ from pathlib import Path
 
 import lm_eval
 import pytest
+import yaml
 from lm_eval.api.model import LM
 from lm_eval.tasks import TaskManager
 
 from prefix_composer.charbench import TASKS_DIR
-from prefix_composer.charbench.generate import DEFAULT_WORDLIST, SUBTASKS, WORDLIST_SHA256
+from prefix_composer.charbench.generate import DEFAULT_WORDLIST, SUBTASKS, WORDLIST_SHA256, chance
 
 DATA_DIR = Path(__file__).resolve().parent.parent / 'prefix_composer' / 'charbench' / 'data'
 SPLITS = ('single', 'multi')
@@ -141,6 +142,10 @@ def test_splits_length_matched():
 def test_task_yamls_cover_all_subtasks():
     names = {p.stem for p in TASKS_DIR.glob('charbench_*_*.yaml')} - {'charbench_single', 'charbench_multi'}
     assert names == {f'charbench_{s}_{t}' for s, t in TEST_ITEMS}
+    for sub, split in TEST_ITEMS:
+        cfg = yaml.safe_load((TASKS_DIR / f'charbench_{sub}_{split}.yaml').read_text())
+        assert cfg['dataset_kwargs'] == {'subtask': sub, 'split': split}
+        assert cfg['metadata']['chance'] == chance(sub) == 1 / NUM_CHOICES.get(sub, 4)
 
 
 def test_generator_reproduces_committed_files(tmp_path):
@@ -175,7 +180,6 @@ class RandomLM(LM):
 
 
 def test_random_model_scores_near_chance():
-    os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
     results = lm_eval.simple_evaluate(
         model=RandomLM(),
         tasks=['charbench'],
@@ -189,7 +193,7 @@ def test_random_model_scores_near_chance():
     )['results']
     for (sub, split), items in TEST_ITEMS.items():
         res = results[f'charbench_{sub}_{split}']
-        p = 1 / NUM_CHOICES.get(sub, 4)
+        p = chance(sub)
         tolerance = 4 * math.sqrt(p * (1 - p) / len(items))  # 4 standard errors
         for metric in ('acc,none', 'acc_norm,none'):
             assert abs(res[metric] - p) < tolerance, (sub, split, metric, res[metric], p)
