@@ -1,0 +1,111 @@
+"""lm-eval ``LM`` over a live Hugging Face causal LM, with log-likelihood requests sharded over ranks.
+
+``ShardedHFLM`` subclasses lm-eval's ``HFLM`` (tokenisation, truncation, right padding, one forward
+per shared context, greedy check: exactly what ``lm_eval --model hf`` computes) and changes only
+how the log-likelihood requests are split into forward batches and spread over ranks:
+
+1. Requests that share ``context + continuation[:-1]`` form one group (``HFLM`` scores such a
+   group with a single forward row). Groups are sorted longest first, as ``HFLM`` sorts them.
+2. Consecutive groups are cut into chunks of ``batch_size`` groups: one chunk is one forward
+   batch. The chunks depend only on the requests and ``batch_size``, never on the world size.
+3. Rank ``r`` of ``N`` scores chunks ``r, r+N, r+2N, ...`` (longest-first order spreads the cost
+   evenly); one ``all_gather_object`` at the end gives every rank every score.
+
+So N ranks compute bit-for-bit the forward batches that one rank computes, each does about 1/N of
+them, and the only collective waits at most one chunk for the slowest rank. Every rank runs the
+same number of forward calls (a rank short of one re-runs its shortest chunk and drops the
+result), so a model whose forward itself needs all ranks (FSDP) cannot hang.
+
+lm-eval's evaluator sees ``rank 0 / world size 1`` on every rank (``HFLM``'s behaviour for a model
+instance): every rank builds all requests, receives all scores, and computes the same metrics.
+
+Only ``loglikelihood`` (multiple-choice tasks: hellaswag, piqa, winogrande, arc, CharBench) is
+sharded. ``loglikelihood_rolling`` and ``generate_until`` are ``HFLM``'s: correct on any number of
+ranks, but their work is not divided (rolling windows run on rank 0 chunk by chunk).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Optional
+
+import torch
+from composer.utils import dist
+from lm_eval.models.huggingface import HFLM
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+Request = tuple[tuple[str, str], list[int], list[int]]
+
+
+def forward_chunks(requests: list[Request], batch_size: int) -> list[list[int]]:
+    """Indices of ``requests`` cut into forward batches of ``batch_size`` context groups, longest first."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, (_, context, continuation) in enumerate(requests):
+        groups.setdefault(tuple(context + continuation[:-1]), []).append(index)
+
+    def sort_key(members: list[int]) -> tuple[int, tuple[int, ...]]:
+        tokens = max((requests[i][1] + requests[i][2] for i in members), key=len)
+        return -len(tokens), tuple(tokens)
+
+    ordered = sorted(groups.values(), key=sort_key)
+    return [
+        [index for members in ordered[start:start + batch_size] for index in members]
+        for start in range(0, len(ordered), batch_size)
+    ]
+
+
+def check_batch_size(batch_size: int) -> int:
+    """A positive int (automatic batch sizes would differ between ranks and break exact equality)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f'lm_eval batch_size must be a positive integer, got {batch_size!r}.')
+    return batch_size
+
+
+class ShardedHFLM(HFLM):
+    """``HFLM`` on an in-memory model whose log-likelihood batches are split over all ranks.
+
+    Args:
+        model: the live ``transformers`` causal LM (not moved, not cast; ``HFLM`` puts it in eval
+            mode, the caller restores the mode).
+        tokenizer: its tokenizer; copied, because ``HFLM`` sets a pad token on the one it gets.
+        batch_size: context groups per forward batch (``check_batch_size``).
+        mixed_precision_dtype: autocast dtype of the forward (``None``: the weights' dtype).
+
+    The context window is ``HFLM``'s default: ``max_position_embeddings`` of the model config.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        batch_size: int,
+        mixed_precision_dtype: Optional[torch.dtype] = None,
+    ):
+        super().__init__(
+            pretrained=model,
+            tokenizer=copy.deepcopy(tokenizer),
+            backend='causal',
+            batch_size=check_batch_size(batch_size),
+            mixed_precision_dtype=mixed_precision_dtype,
+        )
+
+    def _loglikelihood_tokens(
+        self,
+        requests: list[Request],
+        disable_tqdm: bool = False,
+        override_bs: Optional[int] = None,
+    ) -> list[tuple[float, bool]]:
+        """(log-likelihood, is greedy) per request; ``override_bs`` (``HFLM``'s rolling windows) is unused."""
+        chunks = forward_chunks(requests, self.batch_size)
+        rank, world_size = dist.get_global_rank(), dist.get_world_size()
+        mine = chunks[rank::world_size]
+        scores: dict[int, tuple[float, bool]] = {}
+        for chunk in mine:
+            scores.update(zip(chunk, super()._loglikelihood_tokens([requests[i] for i in chunk], disable_tqdm=True)))
+        for _ in range(math.ceil(len(chunks) / world_size) - len(mine)):
+            super()._loglikelihood_tokens([requests[i] for i in chunks[-1]], disable_tqdm=True)
+        if world_size > 1:
+            for part in dist.all_gather_object(scores):
+                scores.update(part)
+        return [scores[i] for i in range(len(requests))]

@@ -1,0 +1,134 @@
+"""Re-score a finished run: lm-eval on a Composer checkpoint, with the metrics the callback logs.
+
+    uv run python scripts/eval_checkpoint.py /mnt/runs/prefix_unnorm_eps1 \\
+        --tasks hellaswag,piqa,winogrande_debiased,arc_easy,charbench [--precision amp_bf16]
+
+PATH is a checkpoint file (``.../checkpoints/ep0-ba3815-rank0.pt``) or a run folder (its
+``checkpoints/latest-rank0.pt``). The checkpoint is exported to a Hugging Face folder (``--hf-dir``
+keeps it; ``lm_eval --model hf --model_args pretrained=<hf-dir>`` reads it), loaded back from
+there, and scored by ``evaluate_lm`` with the callback's settings. The result is one row
+``checkpoint, batch, tokens, phase=lm_eval, metrics/lm_eval/<task>/<metric>...`` in ``--out``
+(default ``<run folder>/lm_eval_checkpoints.csv``; a checkpoint scored again replaces its row),
+and the metrics are printed as JSON. Use the run's ``precision`` to reproduce the callback's numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import tempfile
+from typing import Any
+
+import torch
+import transformers
+from composer.core import Precision
+from composer.models.huggingface import HuggingFaceModel, get_hf_config_from_composer_state_dict
+from composer.utils import safe_torch_load
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from prefix_composer.lm_eval_callback import AUTOCAST_DTYPES, METRIC_PREFIX, evaluate_lm
+from prefix_composer.lm_eval_tasks import build_task_manager, check_tasks
+
+LATEST_CHECKPOINT = os.path.join('checkpoints', 'latest-rank0.pt')
+
+
+def resolve_checkpoint(path: str) -> str:
+    """``path`` itself if it is a file, else the run folder's ``checkpoints/latest-rank0.pt``."""
+    if os.path.isfile(path):
+        return path
+    candidate = os.path.join(path, LATEST_CHECKPOINT)
+    if os.path.isdir(path) and os.path.isfile(candidate):
+        return candidate
+    raise FileNotFoundError(f'{path} is neither a checkpoint file nor a run folder with {LATEST_CHECKPOINT}.')
+
+
+def export_hf_folder(checkpoint: dict[str, Any], out_dir: str) -> None:
+    """Write the checkpoint's model and tokenizer as a Hugging Face folder (``from_pretrained``-readable).
+
+    A tokenizer saved under a project class (``PackagedLlama3Tokenizer``) is a plain
+    ``tokenizer.json`` fast tokenizer; its ``tokenizer_class`` is rewritten to
+    ``PreTrainedTokenizerFast`` so that ``AutoTokenizer`` (and ``lm_eval --model hf``) can load it.
+    """
+    hf_state = checkpoint['state']['integrations']['huggingface']
+    tokenizer_files = hf_state.get('tokenizer') or {}
+    tokenizer_config = tokenizer_files.get('tokenizer_config.json', {}).get('content', {})
+    if 'tokenizer.json' in tokenizer_files and not hasattr(transformers, tokenizer_config.get('tokenizer_class', '')):
+        tokenizer_config['tokenizer_class'] = 'PreTrainedTokenizerFast'
+    tokenizer = HuggingFaceModel.load_huggingface_tokenizer_from_saved_state(hf_state, tokenizer_save_dir=out_dir)
+    if tokenizer is None:
+        raise ValueError('The checkpoint holds no tokenizer: it was not written by a HuggingFaceModel with a tokenizer.')
+    tokenizer.save_pretrained(out_dir)
+
+    config = get_hf_config_from_composer_state_dict(checkpoint)
+    model = AutoModelForCausalLM.from_config(config)
+    weights = dict(checkpoint['state']['model'])
+    consume_prefix_in_state_dict_if_present(weights, prefix='model.')
+    model.load_state_dict(weights, strict=True)
+    model.save_pretrained(out_dir)
+
+
+def write_row(path: str, row: dict[str, Any]) -> None:
+    """Add ``row`` to the CSV at ``path`` (replacing a row of the same checkpoint), widening the header."""
+    rows = []
+    if os.path.exists(path):
+        with open(path, newline='') as f:
+            rows = [r for r in csv.DictReader(f) if r['checkpoint'] != row['checkpoint']]
+    rows.append(row)
+    columns = list(dict.fromkeys(key for r in rows for key in r))
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str]) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('path', help='Composer checkpoint file or run folder')
+    parser.add_argument('--tasks', required=True, type=lambda s: [t for t in s.split(',') if t], help='comma-separated')
+    parser.add_argument('--limit', type=float, help='documents per task (>= 1) or fraction (< 1)')
+    parser.add_argument('--batch-size', type=int, default=16)
+    parser.add_argument('--num-fewshot', type=int, default=0)
+    parser.add_argument('--bootstrap-iters', type=int, default=1000)
+    parser.add_argument('--fewshot-random-seed', type=int, default=1234)
+    parser.add_argument('--precision', choices=[p.value for p in AUTOCAST_DTYPES], default='fp32')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--include-path', action='append', default=[], help='extra task YAML folder')
+    parser.add_argument('--hf-dir', help='keep the exported Hugging Face folder here')
+    parser.add_argument('--out', help='CSV to add the row to (default <run folder>/lm_eval_checkpoints.csv)')
+    args = parser.parse_args(argv)
+    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+
+    checkpoint_path = os.path.abspath(resolve_checkpoint(args.path))
+    task_manager = build_task_manager(args.tasks, args.include_path)
+    check_tasks(task_manager, args.tasks)  # before the checkpoint is read
+
+    checkpoint = safe_torch_load(checkpoint_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_dir = args.hf_dir or tmp
+        export_hf_folder(checkpoint, hf_dir)
+        model = AutoModelForCausalLM.from_pretrained(hf_dir).to(args.device)
+        tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    metrics = evaluate_lm(
+        model, tokenizer, args.tasks, task_manager,
+        batch_size=args.batch_size, limit=limit, num_fewshot=args.num_fewshot,
+        bootstrap_iters=args.bootstrap_iters, fewshot_random_seed=args.fewshot_random_seed,
+        mixed_precision_dtype=AUTOCAST_DTYPES[Precision(args.precision)],
+    )
+
+    timestamp = checkpoint['state']['timestamp']['Timestamp']
+    run_dir = os.path.dirname(os.path.dirname(checkpoint_path))
+    row = {'checkpoint': checkpoint_path, 'batch': timestamp['batch'], 'tokens': timestamp['token'], 'phase': 'lm_eval'}
+    row.update({f'{METRIC_PREFIX}/{name}': value for name, value in metrics.items()})
+    write_row(args.out or os.path.join(run_dir, 'lm_eval_checkpoints.csv'), row)
+    print(json.dumps(metrics, indent=1, sort_keys=True))
+    return metrics
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])

@@ -1,0 +1,227 @@
+"""Experiment YAMLs: generated from their family base, identical except for the objective, with
+the briefs' constants and a parameter count that a fresh count reproduces; same data order."""
+
+from __future__ import annotations
+
+import gc
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf as om
+from streaming import MDSWriter
+from streaming.base.util import clean_stale_shared_memory
+
+from prefix_composer.launch import load_config
+from prefix_composer.param_count import count_llama_parameters
+
+REPO = Path(__file__).resolve().parent.parent
+YAMLS = REPO / 'yamls'
+sys.path.insert(0, str(REPO / 'scripts'))
+
+import make_yamls  # noqa: E402
+
+FAMILIES = {f.base: [v.name for v in f.variants] for f in make_yamls.FAMILIES}
+ALL_VARIANTS = [name for names in FAMILIES.values() for name in names]
+
+
+def resolved(name: str, overrides: tuple[str, ...] = ()) -> dict:
+    return om.to_container(load_config(str(YAMLS / f'{name}.yaml'), overrides), resolve=True)
+
+
+def flatten(tree, prefix: str = '') -> dict[str, object]:
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(flatten(v, f'{prefix}{k}.'))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def without_objective(name: str) -> dict[str, object]:
+    """Resolved config minus run_name and algorithms; a path segment equal to run_name becomes a marker."""
+    cfg = resolved(name)
+    run_name = cfg.pop('run_name')
+    cfg.pop('algorithms')
+
+    def mark(value):
+        if not isinstance(value, str):
+            return value
+        return '/'.join('<run_name>' if part == run_name else part for part in value.split('/'))
+
+    return {k: mark(v) for k, v in flatten(cfg).items()}
+
+
+# -- generator ----------------------------------------------------------------------------------
+
+def test_committed_yamls_are_what_the_generator_writes(tmp_path):
+    assert make_yamls.main(['--out-dir', str(tmp_path)]) == 0
+    generated = sorted(p.name for p in tmp_path.iterdir())
+    assert generated == sorted(f'{n}.yaml' for n in ALL_VARIANTS)
+    assert len(generated) == 7 + 13
+    for name in generated:
+        assert (tmp_path / name).read_bytes() == (YAMLS / name).read_bytes(), f'yamls/{name} is stale'
+
+
+def test_check_flags_a_stale_yaml_and_exits_1(tmp_path, capsys):
+    assert make_yamls.main(['--out-dir', str(tmp_path)]) == 0
+    assert make_yamls.main(['--check', '--out-dir', str(tmp_path)]) == 0
+    stale = tmp_path / 'ce.yaml'
+    stale.write_text(stale.read_text().replace('lr: 6.0e-4', 'lr: 1.0e-3'))
+    (tmp_path / 'b000_unnorm_tau2.yaml').unlink()
+    capsys.readouterr()
+    assert make_yamls.main(['--check', '--out-dir', str(tmp_path)]) == 1  # the script's exit status
+    printed = capsys.readouterr().out
+    assert f'stale: {stale} (differs)' in printed
+    assert f'stale: {tmp_path / "b000_unnorm_tau2.yaml"} (missing)' in printed
+    assert 'label_smoothing.yaml' not in printed
+
+
+def test_generator_refuses_a_base_without_one_algorithms_block():
+    family = make_yamls.FAMILIES[0]
+    base = (REPO / family.base).read_text()
+    broken = base.replace('algorithms:\n', 'algorithm:\n')
+    with pytest.raises(ValueError, match='exactly one'):
+        make_yamls.render_variant(family, family.variants[0], broken, make_yamls.base_param_count(base))
+
+
+def test_number_tags():
+    assert [make_yamls.number_tag(t) for t in (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)] == ['0p05', '0p1', '0p2', '0p5', '1', '2']
+
+
+# -- what the variants are -------------------------------------------------------------------------
+
+EXPECTED_OBJECTIVES = {
+    'ce': ('ce', 0.0, 1.0),
+    'label_smoothing': ('label_smoothing', 0.1, 1.0),
+    'prefix_simple': ('prefix_simple', 0.1, 1.0),
+    'prefix_norm_eps0p1': ('prefix_softmax_norm', 0.1, 1.0),
+    'prefix_norm_eps1': ('prefix_softmax_norm', 1.0, 1.0),
+    'prefix_unnorm_eps0p1': ('prefix_softmax', 0.1, 1.0),
+    'prefix_unnorm_eps1': ('prefix_softmax', 1.0, 1.0),
+    'b000_ce': ('ce', 0.0, 1.0),
+    **{f'b000_norm_tau{tag}': ('prefix_softmax_norm', 1.0, t) for tag, t in
+       [('0p05', 0.05), ('0p1', 0.1), ('0p2', 0.2), ('0p5', 0.5), ('1', 1.0), ('2', 2.0)]},
+    **{f'b000_unnorm_tau{tag}': ('prefix_softmax', 1.0, t) for tag, t in
+       [('0p05', 0.05), ('0p1', 0.1), ('0p2', 0.2), ('0p5', 0.5), ('1', 1.0), ('2', 2.0)]},
+}
+
+
+@pytest.mark.parametrize('name', ALL_VARIANTS)
+def test_variant_objective_and_run_name(name):
+    cfg = resolved(name)
+    objective, eps, tau = EXPECTED_OBJECTIVES[name]
+    assert cfg['algorithms'] == {'prefix_smoothing': {'objective': objective, 'eps': eps, 'tau': tau, 'support': 'inclusive'}}
+    assert cfg['run_name'] == name  # = the YAML stem, so a restarted job resumes into the same folder
+    assert cfg['save_folder'] == f'/mnt/runs/{name}/checkpoints' and cfg['autoresume'] is True
+    assert cfg['loggers']['csv']['path'] == f'/mnt/runs/{name}/metrics.csv'
+
+
+@pytest.mark.parametrize('base', list(FAMILIES))
+def test_variants_of_a_family_differ_only_in_objective_and_run_name(base):
+    names = FAMILIES[base]
+    reference = without_objective(names[0])
+    assert len(reference) > 60
+    for name in names[1:]:
+        other = without_objective(name)
+        diff = {k for k in reference.keys() | other.keys() if reference.get(k) != other.get(k)}
+        assert not diff, f'{names[0]} and {name} differ in {sorted(diff)}'
+
+
+def test_family_constants():
+    for names in FAMILIES.values():
+        cfg = resolved(names[0])
+        assert cfg['max_duration'] == '2000000000tok'
+        assert cfg['max_seq_len'] == 2048 and cfg['model']['config']['max_position_embeddings'] == 2048
+        gpus = 8
+        micro = cfg['device_train_microbatch_size']
+        assert cfg['global_train_batch_size'] % (gpus * micro) == 0
+        assert cfg['train_loader']['dataset']['shuffle_seed'] == cfg['seed'] == 17
+    # Both families read the same data (same tokenizer and sequence length) and batch size.
+    a, b = (resolved(names[0]) for names in FAMILIES.values())
+    assert a['variables']['data'] == b['variables']['data'] and a['tokenizer'] == b['tokenizer']
+    assert a['global_train_batch_size'] == b['global_train_batch_size'] == 256
+
+
+def test_brief000_model_is_design_md_exactly():
+    config = resolved('b000_ce')['model']['config']
+    assert {k: config[k] for k in ('hidden_size', 'num_hidden_layers', 'num_attention_heads', 'num_key_value_heads',
+                                   'intermediate_size', 'max_position_embeddings', 'rope_theta', 'rms_norm_eps',
+                                   'tie_word_embeddings', 'vocab_size')} == {
+        'hidden_size': 1536, 'num_hidden_layers': 11, 'num_attention_heads': 12, 'num_key_value_heads': 4,
+        'intermediate_size': 4096, 'max_position_embeddings': 2048, 'rope_theta': 1e6, 'rms_norm_eps': 1e-5,
+        'tie_word_embeddings': True, 'vocab_size': 128256,
+    }
+
+
+def test_brief001_model_keeps_brief000_ratios_at_about_100m():
+    config = resolved('ce')['model']['config']
+    assert config['num_attention_heads'] == 3 * config['num_key_value_heads']  # GQA 3:1
+    assert 3 * config['intermediate_size'] == 8 * config['hidden_size']  # FFN 8/3 x hidden
+    assert (config['rope_theta'], config['rms_norm_eps'], config['tie_word_embeddings']) == (1e6, 1e-5, True)
+    assert abs(count_llama_parameters(config).total - 100e6) < 2.5e6
+
+
+PARAM_LINE = re.compile(r'^# Model: ([\d,]+) parameters = ([\d,]+) tied embedding', re.MULTILINE)
+
+
+@pytest.mark.parametrize('base', list(FAMILIES))
+def test_parameter_count_comment_is_recomputed(base):
+    counts = {}
+    for name in FAMILIES[base]:
+        total, embedding = (int(x.replace(',', '')) for x in PARAM_LINE.search((YAMLS / f'{name}.yaml').read_text()).groups())
+        counts[name] = (total, embedding)
+    assert len(set(counts.values())) == 1
+    total, embedding = next(iter(counts.values()))
+    config = resolved(FAMILIES[base][0])['model']['config']
+    d, v, ffn, layers = config['hidden_size'], config['vocab_size'], config['intermediate_size'], config['num_hidden_layers']
+    kv_dim = d // config['num_attention_heads'] * config['num_key_value_heads']
+    # Independent closed form: tied embedding + per layer (q,o: d*d; k,v: d*kv_dim; SwiGLU 3*d*ffn; 2 norms) + final norm.
+    assert embedding == v * d
+    assert total == v * d + layers * (2 * d * d + 2 * d * kv_dim + 3 * d * ffn + 2 * d) + d
+    assert count_llama_parameters(config).total == total
+
+
+# -- same data order ----------------------------------------------------------------------------
+
+SEQ_LEN = 16
+
+
+@pytest.fixture(scope='module')
+def numbered_mds(tmp_path_factory):
+    """train split of 64 distinct samples: sample i holds ids i*SEQ_LEN .. i*SEQ_LEN+SEQ_LEN-1."""
+    root = tmp_path_factory.mktemp('mds')
+    with MDSWriter(out=str(root / 'train'), columns={'tokens': 'ndarray:int32'}, size_limit=1 << 12) as writer:
+        for i in range(64):
+            writer.write({'tokens': np.arange(i * SEQ_LEN, (i + 1) * SEQ_LEN, dtype=np.int32)})
+    return root
+
+
+def first_train_batch(name: str, mds_dir: Path, tokenizer, extra: tuple[str, ...] = ()) -> np.ndarray:
+    from llmfoundry.data.dataloader import build_dataloader
+
+    overrides = (f'variables.data.mds_dir={mds_dir}', f'max_seq_len={SEQ_LEN}', 'train_loader.num_workers=0',
+                 'train_loader.prefetch_factor=null', 'train_loader.persistent_workers=false', *extra)
+    cfg = resolved(name, overrides)
+    clean_stale_shared_memory()
+    spec = build_dataloader(cfg['train_loader'], tokenizer, 4)
+    batch = next(iter(spec.dataloader))['input_ids'].numpy().copy()
+    del spec
+    gc.collect()
+    return batch
+
+
+def test_variants_see_the_same_first_batch(numbered_mds, tokenizer):
+    batches = {name: first_train_batch(name, numbered_mds, tokenizer) for name in ('ce', 'prefix_unnorm_eps1', 'b000_norm_tau0p05')}
+    ce = batches['ce']
+    assert ce.shape == (4, SEQ_LEN)
+    rows = ce[:, 0] // SEQ_LEN
+    assert (ce == rows[:, None] * SEQ_LEN + np.arange(SEQ_LEN)).all()  # whole samples
+    assert not np.array_equal(rows, np.arange(4))  # shuffled, not the first 4 samples
+    for name, batch in batches.items():
+        np.testing.assert_array_equal(batch, ce, err_msg=f'{name} sees another first batch than ce')
+    # The comparison can fail: another shuffle seed gives another batch.
+    reseeded = first_train_batch('ce', numbered_mds, tokenizer, ('variables.global_seed=18',))
+    assert not np.array_equal(reseeded, ce)

@@ -1,0 +1,162 @@
+"""Sparse target tables against an independent brute-force construction on the real Llama-3 vocabulary."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from prefix_composer.targets import OBJECTIVES, ObjectiveSpec, build_target_table
+
+EPSILONS = (0.0, 0.1, 1.0)
+TAUS = (0.05, 1.0, 2.0)
+SUPPORTS = ('inclusive', 'strict')
+
+
+def brute_force_prefixes(y: int, pieces: list[bytes], specials: set[int]) -> list[int]:
+    """P(s) by scanning every id with bytes.startswith (no index, no sorting)."""
+    if y in specials:
+        return []
+    s = pieces[y]
+    return [i for i in range(len(pieces)) if i not in specials and 0 < len(pieces[i]) < len(s) and s.startswith(pieces[i])]
+
+
+def brute_force_target(y: int, prefixes: list[int], pieces: list[bytes], spec: ObjectiveSpec) -> dict[int, float]:
+    """Non-zero masses of q, written straight from DESIGN.md's table (label smoothing: see below)."""
+    eps, s = spec.eps, pieces[y]
+    if spec.objective == 'ce' or not prefixes:
+        return {y: 1.0}
+    if spec.objective == 'prefix_simple':
+        return {**{i: eps / len(prefixes) for i in prefixes}, y: 1 - eps}
+    support = prefixes + [y] if spec.support == 'inclusive' else prefixes
+    norm = len(s) if spec.objective == 'prefix_softmax_norm' else 1
+    scores = [len(pieces[i]) / norm / spec.tau for i in support]
+    top = max(scores)
+    z = sum(math.exp(v - top) for v in scores)
+    q = {i: eps * math.exp(v - top) / z for i, v in zip(support, scores)}
+    q[y] = q.get(y, 0.0) + 1 - eps
+    return q
+
+
+def sparse_row(table, y: int) -> dict[int, float]:
+    """The table's sparse part of row y as {id: summed weight}, zero weights dropped."""
+    row: dict[int, float] = {}
+    for i, w in zip(table.ids[y].tolist(), table.weights[y].tolist()):
+        row[i] = row.get(i, 0.0) + w
+    return {i: w for i, w in row.items() if w != 0.0}
+
+
+def dense_row(table, y: int, vt: int) -> torch.Tensor:
+    row = torch.zeros(vt, dtype=torch.float64)
+    row.index_add_(0, table.ids[y], table.weights[y].double())
+    row[: table.uniform_count] += table.uniform_mass
+    return row
+
+
+@pytest.fixture(scope='module')
+def gold_ids(tokenizer, byte_vocab):
+    pieces, specials = byte_vocab
+    rng = random.Random(0)
+    picked = [tokenizer.convert_tokens_to_ids(t) for t in ('Ġpersonality', 'Ġstrawberry', 'a', '<|begin_of_text|>')]
+    picked.append(max(range(len(pieces)), key=lambda i: len(pieces[i]) if i not in specials else 0))  # longest piece
+    return picked + rng.sample(range(len(pieces)), 200)
+
+
+def distinct_specs() -> list[ObjectiveSpec]:
+    """Every objective x eps x tau x support, without the combinations an objective ignores."""
+    specs = []
+    for objective in OBJECTIVES:
+        softmax = objective in ('prefix_softmax', 'prefix_softmax_norm')
+        for eps in EPSILONS:
+            for tau in TAUS if softmax else (1.0,):
+                for support in SUPPORTS if softmax else ('inclusive',):
+                    specs.append(ObjectiveSpec(objective, eps, tau, support))
+    return specs
+
+
+@pytest.fixture(scope='module')
+def brute_prefixes(gold_ids, byte_vocab):
+    pieces, specials = byte_vocab
+    prefixes = {y: brute_force_prefixes(y, pieces, specials) for y in gold_ids}
+    assert any(len(p) > 3 for p in prefixes.values()) and any(not p for p in prefixes.values())
+    return prefixes
+
+
+@pytest.mark.parametrize('spec', [s for s in distinct_specs() if s.objective != 'label_smoothing'], ids=str)
+def test_objective_matches_brute_force(spec, brute_prefixes, byte_vocab):
+    pieces, specials = byte_vocab
+    table = build_target_table(pieces, specials, spec)
+    assert table.ids.shape[0] == len(pieces) and int(table.ids.max()) < len(pieces)
+    assert table.uniform_mass == 0.0
+    for y, prefixes in brute_prefixes.items():
+        got, expected = sparse_row(table, y), brute_force_target(y, prefixes, pieces, spec)
+        assert set(got) <= set(expected), (y, pieces[y])
+        for i, mass in expected.items():
+            assert got.get(i, 0.0) == pytest.approx(mass, abs=1e-6), (y, pieces[y], i)
+        assert sum(got.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize('eps', EPSILONS)
+def test_label_smoothing_matches_dense_formula(eps, gold_ids, byte_vocab):
+    """q_y = 1-eps, every other id of the tokenizer eps/(|V|-1) (not torch's eps/|V|), dense over all ids."""
+    pieces, specials = byte_vocab
+    vt = len(pieces)
+    table = build_target_table(pieces, specials, ObjectiveSpec('label_smoothing', eps))
+    for y in gold_ids[:8]:  # dense over the whole vocabulary for a few ids, special and hand-picked included
+        expected = torch.full((vt,), eps / (vt - 1), dtype=torch.float64)
+        expected[y] = 1 - eps
+        assert torch.allclose(dense_row(table, y, vt), expected, atol=1e-7, rtol=0), y
+    c = table.uniform_mass
+    assert c == pytest.approx(eps / (vt - 1)) and (table.uniform_count == vt or c == 0)
+    for y in gold_ids:  # the closed form for the rest: uniform c on every id plus a sparse correction on y
+        assert {i: w + c for i, w in sparse_row(table, y).items()} == pytest.approx({y: 1 - eps})
+
+
+def table_for(spec: ObjectiveSpec, byte_vocab):
+    return build_target_table(*byte_vocab, spec)
+
+
+def test_hand_picked_tokens(tokenizer, byte_vocab):
+    pieces, specials = byte_vocab
+    vt = len(pieces)
+    ids = tokenizer.convert_tokens_to_ids
+    y = ids('Ġpersonality')
+    row = dense_row(table_for(ObjectiveSpec('prefix_softmax', 1.0, 1.0), byte_vocab), y, vt)
+    # softmax over byte lengths of R(" personality"): " person" (7 bytes) vs " personal" (9 bytes) = e^-2
+    assert row[ids('Ġperson')] / row[ids('Ġpersonal')] == pytest.approx(math.exp(-2), rel=1e-5)
+    assert row[y] == pytest.approx(1 / sum(math.exp(len(pieces[i]) - len(pieces[y])) for i in row.nonzero().flatten().tolist()), rel=1e-5)
+    simple_table = table_for(ObjectiveSpec('prefix_simple', 0.1), byte_vocab)
+    simple = dense_row(simple_table, y, vt)
+    n_prefix = int((simple > 0).sum()) - 1
+    assert simple[y] == pytest.approx(0.9) and simple[ids('Ġperson')] == pytest.approx(0.1 / n_prefix)
+    assert n_prefix == sum(1 for i in range(vt) if i not in specials and pieces[y].startswith(pieces[i]) and 0 < len(pieces[i]) < len(pieces[y]))
+
+    bos = ids('<|begin_of_text|>')
+    a = ids('a')  # a single byte has no strict prefix
+    for table in (simple_table, table_for(ObjectiveSpec('prefix_softmax_norm', 1.0, 0.05, 'strict'), byte_vocab)):
+        assert dense_row(table, bos, vt)[bos] == 1.0  # special gold: one-hot, '<' gets nothing
+        assert dense_row(table, a, vt)[a] == 1.0
+    ls = dense_row(table_for(ObjectiveSpec('label_smoothing', 0.1), byte_vocab), bos, vt)
+    assert ls[bos] == pytest.approx(0.9) and ls[ids('<')] == pytest.approx(0.1 / (vt - 1))
+
+
+def test_strict_support_puts_no_mass_on_gold_at_eps1(tokenizer, byte_vocab):
+    y = tokenizer.convert_tokens_to_ids('Ġstrawberry')
+    strict = dense_row(table_for(ObjectiveSpec('prefix_softmax', 1.0, 1.0, 'strict'), byte_vocab), y, len(byte_vocab[0]))
+    inclusive = dense_row(table_for(ObjectiveSpec('prefix_softmax', 1.0, 1.0, 'inclusive'), byte_vocab), y, len(byte_vocab[0]))
+    assert strict[y] == 0.0 and inclusive[y] > 0.5
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(objective='focal'), 'Unknown objective'),
+    (dict(objective='prefix_simple', eps=1.5), 'eps must be'),
+    (dict(objective='prefix_simple', eps=-0.1), 'eps must be'),
+    (dict(objective='prefix_softmax', tau=0.0), 'tau must be'),
+    (dict(objective='prefix_softmax', tau=-1.0), 'tau must be'),
+    (dict(objective='prefix_softmax', support='loose'), 'support must be'),
+])
+def test_bad_objective_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ObjectiveSpec(**kwargs)
