@@ -19,6 +19,7 @@ from llmfoundry.metrics import TokenAccuracy
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutput
 
+from prefix_composer.fused_loss import fused_linear_soft_target_cross_entropy
 from prefix_composer.loss import soft_target_cross_entropy
 from prefix_composer.targets import SparseTargets
 
@@ -41,9 +42,15 @@ class PrefixLlamaForCausalLM(HuggingFaceModel):
     Args:
         tokenizer: the run's tokenizer (llm-foundry passes it).
         config: ``LlamaConfig`` keyword arguments (hidden_size, num_hidden_layers, vocab_size, ...).
+        loss_impl: training loss path. ``fused``: ``forward`` returns the final hidden states and
+            ``loss`` runs the LM head and the loss chunk by chunk (``fused_loss``), never holding
+            the [tokens, vocab] logits. ``logits``: the HF path, full logits then
+            ``soft_target_cross_entropy``. Same math; evaluation always computes full logits.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: Mapping[str, Any]):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: Mapping[str, Any], loss_impl: str = 'logits'):
+        if loss_impl not in ('fused', 'logits'):
+            raise ValueError(f"model.loss_impl must be 'fused' or 'logits', got {loss_impl!r}.")
         if tokenizer is None:
             raise ValueError('prefix_llama needs a tokenizer: set `tokenizer:` in the YAML.')
         llama_config = LlamaConfig(**dict(config))
@@ -62,19 +69,28 @@ class PrefixLlamaForCausalLM(HuggingFaceModel):
             allow_embedding_resizing=False,
         )
         self.tokenizer_size = len(tokenizer)
+        self.loss_impl = loss_impl
 
     def forward(self, batch: Mapping[str, Any]) -> CausalLMOutput:
         input_ids = batch['input_ids']
         if self.training:
             self._check_token_ids(input_ids)
         hidden = self.model.model(input_ids=input_ids, attention_mask=batch.get('attention_mask')).last_hidden_state
+        if self.training and self.loss_impl == 'fused':
+            return CausalLMOutput(hidden_states=hidden)  # the head runs inside the fused loss
         return CausalLMOutput(logits=self.model.lm_head(hidden))
 
     def loss(self, outputs: CausalLMOutput, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         labels = next_token_labels(batch['labels']).reshape(-1)
         targets = batch.get('soft_targets') or one_hot_targets(labels)
-        logits = outputs.logits.reshape(labels.numel(), -1)
-        total, nll = soft_target_cross_entropy(logits, labels, targets, ignore_index=IGNORE_INDEX)
+        if outputs.logits is None:
+            hidden = outputs.hidden_states.reshape(labels.numel(), -1)
+            total, nll = fused_linear_soft_target_cross_entropy(
+                hidden, self.model.lm_head.weight, labels, targets, ignore_index=IGNORE_INDEX,
+            )
+        else:
+            logits = outputs.logits.reshape(labels.numel(), -1)
+            total, nll = soft_target_cross_entropy(logits, labels, targets, ignore_index=IGNORE_INDEX)
         return {'total': total, 'nll': nll}
 
     def _check_token_ids(self, input_ids: torch.Tensor) -> None:

@@ -1,0 +1,213 @@
+"""Benchmark the soft-target loss against ``F.cross_entropy`` and the fused head+loss against the
+HF path (full logits, then the loss), printing ratios measured in this one invocation.
+
+    uv run python scripts/bench_loss.py [--tokens 4096 8192] [--dtypes float32 bfloat16]
+        [--objectives ...] [--fused-objectives ...] [--hidden 1536] [--repeats 3] [--device cpu]
+
+Before timing, every path is checked numerically on a small slice (loss, NLL and gradients),
+against a float64 dense reference. Time: fwd+bwd, median over ``--repeats`` rounds in one
+process, the methods interleaved round by round so that load from other processes hits all of
+them alike. Peak memory: a fresh subprocess per method and shape running one fwd+bwd; on CPU the
+growth of ``ru_maxrss`` over the RSS after the inputs exist, on CUDA ``max_memory_allocated``
+over the allocation after the inputs exist. Targets: the real Llama-3 vocabulary (128,256 ids)
+and target tables, random gold ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+from prefix_composer.fused_loss import fused_linear_soft_target_cross_entropy
+from prefix_composer.loss import soft_target_cross_entropy
+from prefix_composer.targets import OBJECTIVES, ObjectiveSpec, SparseTargets, build_target_table
+from prefix_composer.tokenizer import PackagedLlama3Tokenizer, token_byte_strings
+
+IGNORE = -100
+EPS = {'ce': 0.0, 'label_smoothing': 0.1}  # prefix objectives: eps 1.0 (the production variant)
+
+
+def build_targets(objectives: list[str], tokens: list[int], folder: str) -> dict[str, str]:
+    """Save labels + target rows for every (objective, N); returns {objective: path}."""
+    pieces, specials = token_byte_strings(PackagedLlama3Tokenizer())
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, len(pieces), (max(tokens),), generator=gen)
+    labels[::97] = IGNORE
+    paths = {}
+    for objective in objectives:
+        table = build_target_table(pieces, specials, ObjectiveSpec(objective, eps=EPS.get(objective, 1.0)))
+        rows = table.lookup(labels, IGNORE)
+        paths[objective] = os.path.join(folder, f'{objective}.pt')
+        torch.save({'labels': labels, 'ids': rows.ids, 'weights': rows.weights,
+                    'uniform': (rows.uniform_mass, rows.uniform_count), 'vocab': len(pieces)}, paths[objective])
+    return paths
+
+
+def load_targets(path: str, n: int, device: str) -> tuple[torch.Tensor, SparseTargets, int]:
+    saved = torch.load(path)
+    targets = SparseTargets(saved['ids'][:n].to(device), saved['weights'][:n].to(device), *saved['uniform'])
+    return saved['labels'][:n].to(device), targets, saved['vocab']
+
+
+def loss_method(name: str, labels: torch.Tensor, targets: SparseTargets):
+    """fwd+bwd on logits ``z``: ``F.cross_entropy`` (float32 math, as HF upcasts), else our loss."""
+    if name == 'F.cross_entropy':
+        return lambda z: F.cross_entropy(z.float(), labels, ignore_index=IGNORE).backward()
+    return lambda z: soft_target_cross_entropy(z, labels, targets, IGNORE)[0].backward()
+
+
+def head_method(name: str, labels: torch.Tensor, targets: SparseTargets):
+    """fwd+bwd on (hidden, weight): ``hf`` (full logits, then the loss) or ``fused``."""
+    if name == 'hf':
+        return lambda h, w: soft_target_cross_entropy(h @ w.t(), labels, targets, IGNORE)[0].backward()
+    return lambda h, w: fused_linear_soft_target_cross_entropy(h, w, labels, targets, IGNORE)[0].backward()
+
+
+def sync(device: str) -> None:
+    if device == 'cuda':
+        torch.cuda.synchronize()
+
+
+def memory_now(device: str) -> int:
+    """Bytes: CUDA allocated, or the CPU process's peak RSS so far."""
+    if device == 'cuda':
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def worker(job: dict) -> dict:
+    """One measurement process: ``job['methods']`` is [[name, targets path], ...], run round-robin."""
+    device, n, dtype = job['device'], job['n'], getattr(torch, job['dtype'])
+    make = loss_method if job['kind'] == 'loss' else head_method
+    runs = {}
+    for name, path in job['methods']:
+        labels, targets, vocab = load_targets(path, n, device)
+        runs[name] = make(name, labels, targets)
+    shapes = [(n, vocab)] if job['kind'] == 'loss' else [(n, job['hidden']), (vocab, job['hidden'])]
+    inputs = [torch.empty(shape, dtype=dtype, device=device).requires_grad_() for shape in shapes]
+
+    def refill():
+        with torch.no_grad():
+            for x in inputs:
+                x.normal_(std=2.0 if job['kind'] == 'loss' else 1.0)
+                x.grad = None
+        sync(device)
+
+    refill()
+    if device == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+    base = memory_now(device)
+    times = {name: [] for name in runs}
+    for _ in range(job['repeats']):
+        for name, run in runs.items():
+            refill()
+            start = time.perf_counter()
+            run(*inputs)
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {'times': times, 'peak_bytes': memory_now(device) - base}
+
+
+def run_worker(job: dict) -> dict:
+    out = subprocess.run([sys.executable, __file__, '--worker', json.dumps(job)], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(job: dict, methods: list[list[str]], repeats: int) -> dict[str, tuple[float, float]]:
+    """{method: (median seconds, peak bytes)}: interleaved timing in one process, memory one process each."""
+    timed = run_worker({**job, 'methods': methods, 'repeats': repeats})['times']
+    return {name: (statistics.median(timed[name]), run_worker({**job, 'methods': [[name, path]], 'repeats': 1})['peak_bytes'])
+            for name, path in methods}
+
+
+def check_numerics(paths: dict[str, str], device: str) -> None:
+    """All paths agree with a float64 dense reference on 48 positions (loss and gradients w.r.t.
+    logits, hidden states and weight); ``ce`` also with ``F.cross_entropy``. Exits if not."""
+    for objective, path in paths.items():
+        labels, targets, vocab = load_targets(path, 48, device)
+        gen = torch.Generator(device=device).manual_seed(1)
+        hidden = torch.randn(48, 64, generator=gen, device=device, dtype=torch.float64)
+        weight = torch.randn(vocab, 64, generator=gen, device=device, dtype=torch.float64) / 4
+        q = torch.zeros(48, vocab, dtype=torch.float64, device=device)
+        q.scatter_add_(1, targets.ids, targets.weights.double())
+        q[:, : targets.uniform_count] += targets.uniform_mass
+        z_ref = (hidden @ weight.t()).requires_grad_()
+        ref = -(q * torch.log_softmax(z_ref, -1)).sum(-1)[labels != IGNORE].mean()
+        ref.backward()
+        z = (hidden @ weight.t()).float().requires_grad_()
+        loss, _ = soft_target_cross_entropy(z, labels, targets, IGNORE)
+        loss.backward()
+        h, w = hidden.float().requires_grad_(), weight.float().requires_grad_()
+        fused, _ = fused_linear_soft_target_cross_entropy(h, w, labels, targets, IGNORE, chunk_tokens=7)
+        fused.backward()
+
+        def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+            return ((a.double() - b).abs().max() / b.abs().max()).item()
+
+        errors = {
+            'loss': rel(loss, ref.detach()), 'fused_loss': rel(fused, ref.detach()), 'grad_logits': rel(z.grad, z_ref.grad),
+            'grad_hidden': rel(h.grad, z_ref.grad @ weight), 'grad_weight': rel(w.grad, z_ref.grad.t() @ hidden),
+        }
+        if objective == 'ce':
+            z_ce = (hidden @ weight.t()).float().requires_grad_()
+            F.cross_entropy(z_ce, labels, ignore_index=IGNORE).backward()
+            errors['F.cross_entropy_grad'] = rel(z_ce.grad, z_ref.grad)
+        print(f'numerics {objective:20s} ' + ' '.join(f'{k}={v:.1e}' for k, v in errors.items()), flush=True)
+        if not all(v < 1e-4 for v in errors.values()):
+            raise SystemExit(f'{objective}: a path disagrees with the float64 reference: {errors}')
+
+
+def ratio_table(title: str, results: dict[str, tuple[float, float]], baseline: str) -> None:
+    base_time, base_peak = results[baseline]
+    print(f'\n{title}\n{"method":22s} {"time_s":>8s} {"peak_GB":>8s} {"time_ratio":>10s} {"peak_ratio":>10s}')
+    for name, (seconds, peak) in results.items():
+        print(f'{name:22s} {seconds:8.2f} {peak / 1e9:8.2f} {seconds / base_time:10.3f} {peak / max(base_peak, 1):10.3f}',
+              flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--tokens', type=int, nargs='+', default=[4096, 8192])
+    parser.add_argument('--dtypes', nargs='+', default=['float32', 'bfloat16'], choices=['float32', 'bfloat16'])
+    parser.add_argument('--objectives', nargs='*', default=list(OBJECTIVES), choices=OBJECTIVES)
+    parser.add_argument('--fused-objectives', nargs='*', default=['prefix_softmax'], choices=OBJECTIVES)
+    parser.add_argument('--hidden', type=int, default=1536, help='d of the fused-vs-HF comparison')
+    parser.add_argument('--fused-dtype', default='float32', choices=['float32', 'bfloat16'])
+    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--worker', help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    if args.repeats < 1 or min(args.tokens) < 1 or args.hidden < 1:
+        parser.error('--repeats, --tokens and --hidden must be positive')
+    print(f'device={args.device} threads={torch.get_num_threads()} torch={torch.__version__} '
+          f'load_avg={os.getloadavg()[0]:.1f}', flush=True)
+    with tempfile.TemporaryDirectory() as folder:
+        paths = build_targets(sorted(set(args.objectives) | set(args.fused_objectives) | {'ce'}), args.tokens, folder)
+        check_numerics(paths, args.device)
+        for n in args.tokens:
+            for dtype in args.dtypes if args.objectives else []:
+                job = {'kind': 'loss', 'device': args.device, 'n': n, 'dtype': dtype}
+                methods = [['F.cross_entropy', paths['ce']]] + [[o, paths[o]] for o in args.objectives]
+                ratio_table(f'loss fwd+bwd, N={n}, V=128256, {dtype} logits (vs F.cross_entropy)',
+                            measure(job, methods, args.repeats), 'F.cross_entropy')
+            for objective in args.fused_objectives:
+                job = {'kind': 'head', 'device': args.device, 'n': n, 'dtype': args.fused_dtype, 'hidden': args.hidden}
+                results = measure(job, [['hf', paths[objective]], ['fused', paths[objective]]], args.repeats)
+                ratio_table(f'head+loss fwd+bwd, {objective}, N={n}, V=128256, d={args.hidden}, {args.fused_dtype} '
+                            '(fused vs HF path: logits, then the loss)', results, 'hf')
+
+if __name__ == '__main__':
+    main()
