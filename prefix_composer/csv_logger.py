@@ -65,6 +65,7 @@ class CSVLogger(LoggerDestination):
         self.columns: list[str] = list(FIXED_COLUMNS)
         self.pending: dict[tuple[int, str], dict[str, Any]] = {}
         self.train_values: dict[str, float] = {}
+        self.last_train_batch = -1
         self._state: Optional[State] = None
         self._skipped: set[str] = set()
 
@@ -105,17 +106,23 @@ class CSVLogger(LoggerDestination):
 
     def run_event(self, event: Event, state: State, logger: Logger) -> None:
         super().run_event(event, state, logger)
-        if event == Event.BATCH_CHECKPOINT:
-            # Everything logged since the previous batch belongs to the batch that just ended
-            # (Composer logs its loss before advancing the batch counter, lr/throughput after).
-            batch = int(state.timestamp.batch)
-            last = state.max_duration is not None and state.timestamp.get(state.max_duration.unit) >= state.max_duration
-            if batch % int(self.log_interval.value) == 0 or last:
-                self._row('train').update(self.train_values)
-            self.train_values = {}
+        if event in (Event.EVAL_START, Event.BATCH_CHECKPOINT):
+            self._close_train_row(state)
+        if event in (Event.BATCH_CHECKPOINT, Event.EVAL_END, Event.FIT_END):
             self._flush()
-        elif event in (Event.EVAL_END, Event.FIT_END):
-            self._flush()
+
+    def _close_train_row(self, state: State) -> None:
+        """Everything logged since the previous batch belongs to the batch that just ended
+        (Composer logs its loss before advancing the batch counter, lr/throughput after)."""
+        batch = int(state.timestamp.batch)
+        if not self.train_values or batch == self.last_train_batch:
+            self.train_values = {}  # e.g. the time/* values Composer logs after the last batch
+            return
+        last = state.max_duration is not None and state.timestamp.get(state.max_duration.unit) >= state.max_duration
+        if batch % int(self.log_interval.value) == 0 or last:
+            self._row('train').update(self.train_values)
+            self.last_train_batch = batch
+        self.train_values = {}
 
     def close(self, state: State, logger: Logger) -> None:
         self._flush()

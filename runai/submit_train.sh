@@ -3,7 +3,8 @@
 #
 #   runai/submit_train.sh [--dry-run] yamls/<variant>.yaml [key=value ...]
 #
-# The job runs `composer -n $RUNAI_GPUS train.py yamls/<variant>.yaml [key=value ...]` in
+# The job runs `python -m prefix_composer.preemption -n $RUNAI_GPUS train.py yamls/<variant>.yaml [key=value ...]`
+# (Composer's launcher that forwards SIGTERM to the ranks, docs/preemption.md) in
 # $RUNAI_IMAGE, from $RUNAI_WORKDIR (the repository inside the image), with the persistent volume
 # claim $RUNAI_PVC mounted at $RUNAI_MOUNT (the YAMLs keep data under /mnt/data and runs under
 # /mnt/runs). The job name is the run name (the YAML stem, or a run_name=... override) made
@@ -141,7 +142,7 @@ submit_train_main() {
 
     common_flags "$RUNAI_GPUS"
     run_runai training submit "$(job_name "$run_name")" "${COMMON[@]}" \
-        --command -- composer -n "$RUNAI_GPUS" train.py "$rel" "$@"
+        --command -- python -m prefix_composer.preemption -n "$RUNAI_GPUS" train.py "$rel" "$@"
 }
 
 if [[ ${BASH_SOURCE[0]} == "$0" ]]; then

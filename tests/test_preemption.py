@@ -1,0 +1,254 @@
+"""Preemption guarantees (docs/preemption.md), proven against a straight 12-batch run A.
+
+Subprocess runs of ``composer train.py yamls/smoke_cpu.yaml`` (tiny model, 32-token sequences,
+batch 4, checkpoint every 2 batches keeping 2, eval every 4, attention dropout so that the RNG
+state matters). Every interrupted run is restarted with the same command until it finishes; its
+final checkpoint must equal A's bitwise (model, optimizer, scheduler, timestamp, RNG, dataset
+position) and its metrics.csv must have A's rows. Plus unit tests of the checkpoint helpers.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from prefix_composer.checkpoints import (
+    CORRUPT_SUFFIX,
+    KILL_BEFORE_RENAME_ENV,
+    LATEST_NAME,
+    checkpoint_files,
+    prune_checkpoints,
+    select_resume_checkpoint,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAX_BATCHES = 12
+SAVE_EVERY = 2
+KEEP = 2
+OVERRIDES = [
+    'max_seq_len=32', 'global_train_batch_size=4', 'device_train_microbatch_size=4', 'device_eval_batch_size=4',
+    f'max_duration={MAX_BATCHES}ba', f'save_interval={SAVE_EVERY}ba', f'save_num_checkpoints_to_keep={KEEP}',
+    'eval_interval=4ba', 'eval_subset_num_batches=2', 'console_log_interval=1ba', 'model.config.attention_dropout=0.1',
+]
+# Columns that measure wall-clock time and legitimately differ between runs.
+TIMING_COLUMNS = re.compile(r'^(wall_time_s|throughput/.*|time/(train|val|total))$')
+RUN_TIMEOUT_S = 1800  # generous: the shared CI machine can be very slow; runs poll, never sleep fixed times
+
+
+# -- running training ---------------------------------------------------------------------
+def command(tmp_path, mds, launcher=('composer',)):
+    return [*launcher, 'train.py', 'yamls/smoke_cpu.yaml', *OVERRIDES,
+            f'variables.run_root={tmp_path}', f'variables.data.mds_dir={mds}']
+
+
+def start(tmp_path, mds, name, launcher=('composer',), env=None):
+    log_file = open(tmp_path / f'{name}.log', 'w')
+    proc = subprocess.Popen(command(tmp_path, mds, launcher), cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})}, start_new_session=True)
+    proc.log_path = tmp_path / f'{name}.log'
+    return proc
+
+
+def finish(proc) -> int:
+    try:
+        return proc.wait(timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+
+
+def run_to_end(tmp_path, mds, name):
+    proc = start(tmp_path, mds, name)
+    assert finish(proc) == 0, proc.log_path.read_text()[-5000:]
+    return proc.log_path.read_text()
+
+
+def wait_for(condition, proc, what):
+    """Poll ``condition`` until true; fail if the run exits first."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not condition():
+        assert proc.poll() is None, f'run exited ({proc.returncode}) before {what}:\n' + proc.log_path.read_text()[-5000:]
+        assert time.monotonic() < deadline, f'timed out waiting for {what}'
+        time.sleep(0.05)
+
+
+def folder(tmp_path):
+    return tmp_path / 'smoke_cpu' / 'checkpoints'
+
+
+def ckpt(tmp_path, batch):
+    return folder(tmp_path) / f'ep0-ba{batch}-rank0.pt'
+
+
+def csv_batches(tmp_path) -> list[int]:
+    path = tmp_path / 'smoke_cpu' / 'metrics.csv'
+    if not path.exists():
+        return []
+    with open(path, newline='') as f:
+        return [int(row['batch']) for row in csv.DictReader(f) if row.get('batch')]
+
+
+def last_logged_batch(tmp_path) -> int:
+    return max(csv_batches(tmp_path), default=0)
+
+
+# -- comparing with run A -----------------------------------------------------------------
+def metric_rows(run_root):
+    with open(run_root / 'smoke_cpu' / 'metrics.csv', newline='') as f:
+        rows = list(csv.DictReader(f))
+    return [{k: v for k, v in row.items() if not TIMING_COLUMNS.match(k) and v != ''} for row in rows]
+
+
+def tensors(obj, prefix=''):
+    """Flatten nested dicts/lists to {path: tensor or plain value}."""
+    if isinstance(obj, dict):
+        return {k: v for key, value in obj.items() for k, v in tensors(value, f'{prefix}/{key}').items()}
+    if isinstance(obj, (list, tuple)):
+        return {k: v for i, value in enumerate(obj) for k, v in tensors(value, f'{prefix}/{i}').items()}
+    if hasattr(obj, 'dtype') and hasattr(obj, 'shape') and not isinstance(obj, torch.Tensor):  # numpy
+        return {prefix: torch.as_tensor(obj)}
+    return {prefix: obj}
+
+
+def assert_same_final_state(run_root, reference_root):
+    got = torch.load(ckpt(run_root, MAX_BATCHES), map_location='cpu', weights_only=False)
+    want = torch.load(ckpt(reference_root, MAX_BATCHES), map_location='cpu', weights_only=False)
+    compared = 0
+    for key in ('model', 'optimizers', 'schedulers', 'timestamp', 'dataset_state'):
+        flat_got, flat_want = tensors(got['state'][key]), tensors(want['state'][key])
+        assert flat_got.keys() == flat_want.keys(), key
+        for path, value in flat_want.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(flat_got[path], value), f'{key}{path} differs'
+                compared += 1
+            elif 'wct' not in path.lower():  # wall-clock durations differ
+                assert flat_got[path] == value, f'{key}{path}: {flat_got[path]!r} != {value!r}'
+    rng_got, rng_want = tensors(got['rng']), tensors(want['rng'])
+    assert rng_got.keys() == rng_want.keys()
+    for path, value in rng_want.items():
+        assert torch.equal(rng_got[path], value) if isinstance(value, torch.Tensor) else rng_got[path] == value, path
+    assert compared > 20  # model weights and AdamW moments were really compared
+    rows, reference_rows = metric_rows(run_root), metric_rows(reference_root)
+    assert [(r['batch'], r['phase']) for r in rows] == [(r['batch'], r['phase']) for r in reference_rows]
+    assert rows == reference_rows
+    assert sum(r['phase'] == 'eval' for r in rows) == MAX_BATCHES // 4
+    assert sorted(os.listdir(folder(run_root))) == sorted(
+        [f'ep0-ba{MAX_BATCHES - SAVE_EVERY}-rank0.pt', f'ep0-ba{MAX_BATCHES}-rank0.pt', LATEST_NAME]
+        + [n for n in os.listdir(folder(run_root)) if n.endswith(CORRUPT_SUFFIX)])
+
+
+@pytest.fixture(scope='module')
+def straight_run(tmp_path_factory, tiny_mds):
+    """Run A: 12 batches without interruption."""
+    root = tmp_path_factory.mktemp('run_a')
+    run_to_end(root, tiny_mds, 'a')
+    assert os.readlink(folder(root) / LATEST_NAME) == f'ep0-ba{MAX_BATCHES}-rank0.pt'
+    return root
+
+
+# -- guarantee 1: SIGKILL at a random batch -----------------------------------------------
+def test_sigkill_at_random_batch_resumes_bitwise_identically(tmp_path, tiny_mds, straight_run):
+    kill_after = random.Random(6).randint(SAVE_EVERY + 1, MAX_BATCHES - 1)  # a batch past the first checkpoint
+    proc = start(tmp_path, tiny_mds, 'b1')
+    wait_for(lambda: folder(tmp_path).is_dir() and checkpoint_files(str(folder(tmp_path)))
+             and last_logged_batch(tmp_path) >= kill_after, proc,
+             f'batch {kill_after}')
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert finish(proc) == -signal.SIGKILL
+    killed_at = last_logged_batch(tmp_path)
+    assert kill_after <= killed_at < MAX_BATCHES
+
+    log = run_to_end(tmp_path, tiny_mds, 'b2')
+    resumed = int(re.search(r'Autoresume checkpoint: \S*ep0-ba(\d+)-rank0\.pt', log).group(1))
+    assert SAVE_EVERY <= resumed <= killed_at
+    assert_same_final_state(tmp_path, straight_run)
+
+
+# -- guarantee 2: SIGTERM to the launcher --------------------------------------------------
+def test_sigterm_saves_the_current_batch_and_exits_zero(tmp_path, tiny_mds, straight_run):
+    launcher = (sys.executable, '-m', 'prefix_composer.preemption')
+    proc = start(tmp_path, tiny_mds, 'c1', launcher=launcher)
+    wait_for(lambda: last_logged_batch(tmp_path) >= SAVE_EVERY + 1, proc, f'batch {SAVE_EVERY + 1}')
+    seen = last_logged_batch(tmp_path)
+    signalled = time.monotonic()
+    os.kill(proc.pid, signal.SIGTERM)  # the launcher only, as Kubernetes signals PID 1
+    assert finish(proc) == 0, proc.log_path.read_text()[-5000:]
+    took = time.monotonic() - signalled
+    stopped = int(re.search(r'Preempted: stopping at batch (\d+)', proc.log_path.read_text()).group(1))
+    assert seen < stopped < MAX_BATCHES  # the batch running at SIGTERM was finished, no later one
+    assert ckpt(tmp_path, stopped).exists() and os.readlink(folder(tmp_path) / LATEST_NAME) == ckpt(tmp_path, stopped).name
+    assert last_logged_batch(tmp_path) == stopped
+    assert took < 30, f'SIGTERM to exit took {took:.1f} s, more than the 30 s grace'
+
+    log = run_to_end(tmp_path, tiny_mds, 'c2')
+    assert f'Autoresume checkpoint: {ckpt(tmp_path, stopped)}' in log
+    assert_same_final_state(tmp_path, straight_run)
+
+
+# -- guarantee 3: kill mid-save, truncated newest checkpoint, missing symlink -------------
+def test_kill_mid_save_truncated_checkpoint_and_missing_symlink(tmp_path, tiny_mds, straight_run):
+    proc = start(tmp_path, tiny_mds, 'd1', env={KILL_BEFORE_RENAME_ENV: '6'})
+    assert finish(proc) != 0
+    names = sorted(os.listdir(folder(tmp_path)))
+    assert names == ['ep0-ba2-rank0.pt', 'ep0-ba4-rank0.pt', LATEST_NAME, 'partial-ep0-ba6-rank0.pt']
+    assert os.readlink(folder(tmp_path) / LATEST_NAME) == 'ep0-ba4-rank0.pt'  # never pointed at the half-save
+    newest = ckpt(tmp_path, 4)
+    os.truncate(newest, newest.stat().st_size // 2)  # as a non-atomic write cut off by a kill
+    os.remove(folder(tmp_path) / LATEST_NAME)
+
+    log = run_to_end(tmp_path, tiny_mds, 'd2')
+    assert f'Skipping checkpoint {newest}' in log and 'partial-ep0-ba6-rank0.pt' in log
+    assert f'Autoresume checkpoint: {ckpt(tmp_path, 2)}' in log
+    assert (folder(tmp_path) / (newest.name + CORRUPT_SUFFIX)).exists()
+    assert_same_final_state(tmp_path, straight_run)
+
+
+# -- unit tests of the start-up selection and retention -----------------------------------
+def fake_checkpoint(path, payload=b'x' * 1000):
+    torch.save({'payload': payload}, path)
+
+
+def test_select_resume_checkpoint_skips_broken_and_repoints_latest(tmp_path, caplog):
+    for batch in (2, 4, 6, 8):
+        fake_checkpoint(tmp_path / f'ep0-ba{batch}-rank0.pt')
+    os.truncate(tmp_path / 'ep0-ba8-rank0.pt', 100)
+    data = bytearray((tmp_path / 'ep0-ba6-rank0.pt').read_bytes())
+    data[data.find(b'x' * 1000) + 500] ^= 0xFF  # a flipped bit inside a stored entry: CRC mismatch
+    (tmp_path / 'ep0-ba6-rank0.pt').write_bytes(bytes(data))
+    (tmp_path / 'partial-ep0-ba10-rank0.pt').write_bytes(b'half')
+    os.symlink('ep0-ba8-rank0.pt', tmp_path / LATEST_NAME)
+
+    with caplog.at_level(logging.WARNING, logger='prefix_composer.checkpoints'):
+        chosen = select_resume_checkpoint(str(tmp_path))
+    assert chosen == str(tmp_path / 'ep0-ba4-rank0.pt')
+    assert os.readlink(tmp_path / LATEST_NAME) == 'ep0-ba4-rank0.pt'
+    assert sorted(os.listdir(tmp_path)) == ['ep0-ba2-rank0.pt', 'ep0-ba4-rank0.pt', 'ep0-ba6-rank0.pt.corrupt',
+                                            'ep0-ba8-rank0.pt.corrupt', LATEST_NAME]
+    assert 'ep0-ba8-rank0.pt (BadZipFile' in caplog.text and 'ep0-ba6-rank0.pt (' in caplog.text
+    assert 'partial-ep0-ba10-rank0.pt' in caplog.text
+
+
+def test_select_resume_checkpoint_refuses_to_restart_from_scratch(tmp_path):
+    assert select_resume_checkpoint(str(tmp_path / 'missing')) is None
+    assert select_resume_checkpoint(str(tmp_path)) is None  # empty folder: fresh start
+    (tmp_path / 'ep0-ba2-rank0.pt').write_bytes(b'not a zip')
+    with pytest.raises(RuntimeError, match='refusing to restart from batch 0'):
+        select_resume_checkpoint(str(tmp_path))
+
+
+def test_prune_keeps_the_newest_across_processes(tmp_path):
+    for batch in (2, 4, 10, 12, 6):
+        fake_checkpoint(tmp_path / f'ep0-ba{batch}-rank0.pt')
+    deleted = prune_checkpoints(str(tmp_path), 2)
+    assert sorted(os.path.basename(p) for p in deleted) == ['ep0-ba2-rank0.pt', 'ep0-ba4-rank0.pt', 'ep0-ba6-rank0.pt']
+    assert [os.path.basename(p) for p in checkpoint_files(str(tmp_path))] == ['ep0-ba12-rank0.pt', 'ep0-ba10-rank0.pt']
