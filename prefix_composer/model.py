@@ -4,8 +4,10 @@ The architecture is a ``LlamaConfig`` given in the YAML (no hub access). Trainin
 ``loss.soft_target_cross_entropy`` against the targets that the ``PrefixSmoothing`` algorithm
 puts in ``batch['soft_targets']``; without the algorithm the target is one-hot (plain CE).
 ``loss`` returns ``{'total': objective, 'nll': plain NLL}`` so Composer logs both
-(``loss/train/total``, ``loss/train/nll``). Evaluation metrics are plain cross-entropy,
-perplexity and token accuracy for every objective.
+(``loss/train/total``, ``loss/train/nll``). With ``loss_impl: fused`` the training forward stops
+at the final hidden states and the loss runs the (tied) LM head chunk by chunk
+(``fused_loss.py``), never materialising the [tokens x vocab] logits. Evaluation always computes
+full logits; its metrics are plain cross-entropy, perplexity and token accuracy for every objective.
 """
 
 from __future__ import annotations
@@ -82,7 +84,9 @@ class PrefixLlamaForCausalLM(HuggingFaceModel):
 
     def loss(self, outputs: CausalLMOutput, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         labels = next_token_labels(batch['labels']).reshape(-1)
-        targets = batch.get('soft_targets') or one_hot_targets(labels)
+        targets = batch.get('soft_targets')
+        if targets is None:  # no PrefixSmoothing algorithm: plain cross-entropy
+            targets = one_hot_targets(labels)
         if outputs.logits is None:
             hidden = outputs.hidden_states.reshape(labels.numel(), -1)
             total, nll = fused_linear_soft_target_cross_entropy(

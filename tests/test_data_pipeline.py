@@ -103,8 +103,11 @@ def test_run_config_reads_training_yaml_with_overrides(tmp_path):
     assert (run.max_seq_len, run.tokenizer_kwargs) == (1024, {'model_max_length': 1024})
     assert run.mds_dir == '/mnt/data/fineweb_edu_sample100bt/mds_llama3_2048'
     assert (run.train_tokens, run.val_tokens, run.train_split, run.val_split) == (2_000_000_000, 10_000_000, 'train', 'val')
+    without_raw_dir = om.load(h.SMOKE_YAML)
+    del without_raw_dir.variables.data.raw_dir
+    om.save(without_raw_dir, tmp_path / 'no_raw_dir.yaml')
     with pytest.raises(ValueError, match='variables.data.raw_dir'):
-        load_data_run_config(h.SMOKE_YAML)
+        load_data_run_config(str(tmp_path / 'no_raw_dir.yaml'))
     with pytest.raises(ValueError, match='eval_loader.dataset.local'):
         load_data_run_config('yamls/prefix_unnorm_eps1.yaml', [f'eval_loader.dataset.local={tmp_path}'])
 
