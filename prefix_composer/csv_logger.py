@@ -108,7 +108,7 @@ class CSVLogger(LoggerDestination):
         super().run_event(event, state, logger)
         if event in (Event.EVAL_START, Event.BATCH_CHECKPOINT):
             self._close_train_row(state)
-        if event in (Event.BATCH_CHECKPOINT, Event.EVAL_END, Event.FIT_END):
+        if event in (Event.EVAL_START, Event.BATCH_CHECKPOINT, Event.EVAL_END, Event.FIT_END):
             self._flush()
 
     def _close_train_row(self, state: State) -> None:
