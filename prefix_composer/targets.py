@@ -70,14 +70,26 @@ class TargetTable:
     weights: torch.Tensor  # [Vt, K] float32
     uniform_mass: float = 0.0
     uniform_count: int = 0
+    width: torch.Tensor = None  # [Vt] int64: columns up to the row's last non-zero weight
+
+    def __post_init__(self):
+        if self.width is None:
+            nonzero = (self.weights != 0) * torch.arange(1, self.weights.shape[1] + 1)
+            self.width = nonzero.max(dim=1).values.clamp_min(1)
 
     def to(self, device: torch.device | str) -> 'TargetTable':
-        return dataclasses.replace(self, ids=self.ids.to(device), weights=self.weights.to(device))
+        return dataclasses.replace(self, ids=self.ids.to(device), weights=self.weights.to(device), width=self.width.to(device))
 
     def lookup(self, labels: torch.Tensor, ignore_index: int = -100) -> 'SparseTargets':
-        """Target rows for a tensor of gold labels; ignored positions get the row of id 0."""
+        """Target rows for a tensor of gold labels; ignored positions get the row of id 0.
+
+        Only the first ``max width`` columns of the batch's rows are gathered (the columns cut
+        off have weight 0 in every row of the batch), so a batch pays for its longest support,
+        not for the vocabulary's (K=86 on Llama-3).
+        """
         safe = labels.masked_fill(labels == ignore_index, 0)
-        return SparseTargets(self.ids[safe], self.weights[safe], self.uniform_mass, self.uniform_count)
+        k = int(self.width[safe].max()) if safe.numel() else 1
+        return SparseTargets(self.ids[:, :k][safe], self.weights[:, :k][safe], self.uniform_mass, self.uniform_count)
 
 
 @dataclasses.dataclass

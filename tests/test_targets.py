@@ -160,3 +160,15 @@ def test_strict_support_puts_no_mass_on_gold_at_eps1(tokenizer, byte_vocab):
 def test_bad_objective_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ObjectiveSpec(**kwargs)
+
+
+def test_lookup_gathers_only_the_batch_support(tokenizer, byte_vocab):
+    table = table_for(ObjectiveSpec('prefix_softmax', 1.0, 0.05), byte_vocab)
+    words = tokenizer(' personality strawberry a the', add_special_tokens=False).input_ids
+    labels = torch.tensor(words + [-100])
+    targets = table.lookup(labels)
+    safe = labels.clamp_min(0)
+    k = targets.ids.shape[1]
+    assert 1 < k < table.ids.shape[1]  # the batch's longest support, not K
+    assert torch.equal(targets.ids, table.ids[safe, :k]) and torch.equal(targets.weights, table.weights[safe, :k])
+    assert (table.weights[safe, k:] == 0).all()  # nothing with mass was cut off

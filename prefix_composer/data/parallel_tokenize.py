@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Optional
@@ -79,7 +80,8 @@ def ordered_bounded_map(func: Callable, items: Iterable, workers: int, initializ
         raise ValueError(f'workers must be >= 1, got {workers}.')
     os.environ['TOKENIZERS_PARALLELISM'] = 'false'
     window = workers * in_flight_per_worker
-    with multiprocessing.get_context('fork').Pool(workers, initializer=initializer, initargs=initargs) as pool:
+    pool = multiprocessing.get_context('fork').Pool(workers, initializer=_start_worker, initargs=(initializer, initargs))
+    try:
         pending: deque = deque()
         for item in items:
             pending.append(pool.apply_async(func, (item,)))
@@ -87,3 +89,16 @@ def ordered_bounded_map(func: Callable, items: Iterable, workers: int, initializ
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
+        pool.close()  # workers exit on the pool's sentinel: no signal needed
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+
+
+def _start_worker(initializer: Callable, initargs: tuple) -> None:
+    """Workers die on SIGTERM whatever handler the parent installed (Pool.terminate relies on it:
+    it holds the task queue's lock, so a worker that survives SIGTERM blocks the join forever)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    initializer(*initargs)
