@@ -98,9 +98,10 @@ class PrefixLlamaForCausalLM(HuggingFaceModel):
         return {'total': total, 'nll': nll}
 
     def _check_token_ids(self, input_ids: torch.Tensor) -> None:
-        top = int(input_ids.max())
-        if top >= self.tokenizer_size or int(input_ids.min()) < 0:
+        low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one pass, one host sync per micro-batch
+        if high >= self.tokenizer_size or low < 0:
+            bad = high if high >= self.tokenizer_size else low
             raise ValueError(
-                f'The training data holds token id {top}, outside the tokenizer\'s {self.tokenizer_size} ids: '
+                f'The training data holds token id {bad}, outside the tokenizer\'s {self.tokenizer_size} ids: '
                 'the dataset was tokenized with another tokenizer. Rebuild it with scripts/create_mds.py.',
             )
