@@ -1,19 +1,21 @@
 """LM head + soft-target cross-entropy fused and chunked over tokens: no [N, V] logits.
 
-For final hidden states ``h`` [N, d], head weight ``W`` [V, d] and the sparse targets of
-``loss.py``, per chunk ``c`` of tokens:
+For final hidden states ``h`` [N, d], head weight ``W`` [V, d] and the targets of ``loss.py``
+(sparse ``w`` on ``ids`` plus ``u`` on each id ``< U``), per chunk ``c`` of tokens:
 
-    z_c = h_c W^T                          (a reused [c, V] buffer)
-    loss_t, nll_t, lse_t                   (loss.rows_loss_terms, the same math as the logits path)
-    G_c = (softmax(z_c) - q_c) · valid/n   (loss.rows_soft_target_grad_, in place)
-    ∂L/∂h_c = G_c W,   ∂L/∂W += G_c^T h_c
+    z_c = h_c W^T, logp_c = log_softmax(z_c)                   (one reused [c, V] buffer)
+    G_c = softmax(z_c) - q_sparse                              (in place: exp, scatter)
+    ∂L/∂h_c = s_c ⊙ (G_c W) - u·s_c ⊗ Σ_{i<U} W_i,   ∂L/∂W += G_c^T (s_c ⊙ h_c)
 
-so peak memory is O(c·V) plus the [V, d] weight gradient instead of the [N, V] logits and
-their gradient. The gradients are computed in the forward, as Liger-Kernel's fused linear
-cross-entropy does, rather than recomputed in the backward: that costs three matmuls per chunk,
-the same as an unfused head (forward, and two in its backward), where recomputation would cost
-four. The backward only scales the two stored gradients by the incoming ``∂/∂loss`` (in place,
-so the graph can be backpropagated once; a second backward raises).
+with ``s_t = valid_t / n_valid``; after the last chunk ``∂L/∂W[:U] -= u·Σ_t s_t h_t``. The row scale and label smoothing's uniform part act on the
+O(N·d) side, and its loss term uses ``Σ_{i<U} logp_t[i] = h_t·Σ_{i<U} W_i - U·lse_t``: every
+objective costs the same dense work, one ``log_softmax`` and one ``exp`` pass per logit, fewer than
+the unfused head plus ``loss.py``. Peak memory is one [c, V] chunk (plus its float32 copy under
+half-precision matmuls) and the [V, d] weight gradient, instead of the [N, V] logits and their
+gradient. The gradients are computed in the forward, as Liger-Kernel's fused linear
+cross-entropy does: three matmuls per chunk, as many as an unfused head, where recomputing them in
+the backward would take four. The backward only scales the two stored gradients by the incoming
+``∂/∂loss`` (in place, so the graph can be backpropagated once; a second backward raises).
 
 Under autocast (bf16 on GPU) the matmuls run in the autocast dtype like the unfused head; the
 softmax/target math runs in float32 and the weight gradient accumulates in float32.
@@ -26,16 +28,18 @@ import torch
 from prefix_composer.loss import (
     accumulation_dtype,
     check_loss_inputs,
+    log_softmax_rows,
     masked_mean,
     new_scratch,
-    rows_loss_terms,
-    rows_soft_target_grad_,
+    softmax_minus_sparse_,
+    sparse_loss_terms,
     target_rows,
+    valid_positions,
 )
 from prefix_composer.targets import SparseTargets
 
-# Logit elements per chunk: two [chunk, V] buffers (matmul dtype + float32 scratch) are alive.
-_CHUNK_ELEMENTS = {'cpu': 1 << 25, 'cuda': 1 << 27}
+# Logit elements per chunk: one [chunk, V] buffer in the matmul dtype (plus a float32 one for half precision).
+_CHUNK_ELEMENTS = {'cpu': 1 << 26, 'cuda': 1 << 27}
 
 
 def fused_chunk_tokens(vocab_size: int, device: torch.device) -> int:
@@ -51,40 +55,55 @@ def matmul_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return torch.promote_types(hidden.dtype, weight.dtype)
 
 
+def accumulate_weight_grad(
+    grad_weight: torch.Tensor | None, g: torch.Tensor, h_scaled: torch.Tensor, weight_dtype: torch.dtype,
+) -> torch.Tensor:
+    """``grad_weight + g^T h_scaled`` in the weight's accumulation dtype; the first chunk
+    (``grad_weight is None``) writes it, so the [V, d] buffer is never zero-filled."""
+    if grad_weight is None:
+        return (g.t() @ h_scaled).to(accumulation_dtype(weight_dtype))
+    if grad_weight.dtype == g.dtype:
+        return grad_weight.addmm_(g.t(), h_scaled)
+    return grad_weight.add_(g.t() @ h_scaled)
+
+
 class _FusedLinearSoftTargetCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, labels, ids, weights, uniform_mass, uniform_count, ignore_index, chunk_tokens):
         targets = SparseTargets(ids, weights, uniform_mass, uniform_count)
         mm_dtype = matmul_dtype(hidden, weight)
+        acc = accumulation_dtype(mm_dtype)
         n, v = hidden.shape[0], weight.shape[0]
         step = max(1, min(n, chunk_tokens or fused_chunk_tokens(v, hidden.device)))
-        valid = labels != ignore_index
-        count = valid.sum().clamp_min(1)
-        gold = labels.masked_fill(~valid, 0)
+        valid, count, gold = valid_positions(labels, ignore_index)
+        scale = valid.to(acc) / count
         with torch.autocast(hidden.device.type, enabled=False):
             h, w = hidden.to(mm_dtype), weight.to(mm_dtype)
             logits = torch.empty(step, v, dtype=mm_dtype, device=hidden.device)
-            scratch = new_scratch(step, v, mm_dtype, hidden.device)
-            acc = scratch.dtype
-            scale = valid.to(acc) / count
+            scratch = None if mm_dtype == acc else new_scratch(step, v, mm_dtype, hidden.device)
+            if uniform_mass:
+                w_sum = weight[:uniform_count].to(acc).sum(dim=0)  # Σ_{i<U} W_i
             objective, nll = (torch.empty(n, dtype=acc, device=hidden.device) for _ in range(2))
             grad_hidden = torch.empty_like(hidden)
-            grad_weight = torch.zeros(v, weight.shape[1], dtype=accumulation_dtype(weight.dtype), device=weight.device)
+            grad_weight = None
             for start in range(0, n, step):
                 rows = slice(start, start + step)
                 h_c = h[rows]
                 z = torch.mm(h_c, w.t(), out=logits[: h_c.shape[0]])
                 chunk = target_rows(targets, rows)
-                lse, objective[rows], nll[rows] = rows_loss_terms(z, chunk, gold[rows], scratch)
-                g = rows_soft_target_grad_(z, lse, chunk, scale[rows], scratch=scratch)
+                logp, lse = log_softmax_rows(z, gold[rows], z if scratch is None else scratch[: z.shape[0]])
+                objective[rows], nll[rows] = sparse_loss_terms(logp, chunk, gold[rows])
+                g = softmax_minus_sparse_(logp, chunk)
                 if g.data_ptr() != z.data_ptr():
                     g = z.copy_(g)
-                grad_hidden[rows] = g @ w
-                if grad_weight.dtype == mm_dtype:
-                    grad_weight.addmm_(g.t(), h_c)
-                else:
-                    grad_weight += g.t() @ h_c
+                grad_hidden[rows] = torch.mm(g, w) * scale[rows, None]
+                if uniform_mass:
+                    objective[rows] -= uniform_mass * (h_c.to(acc) @ w_sum - uniform_count * lse)
+                    grad_hidden[rows] -= torch.outer(uniform_mass * scale[rows], w_sum)
+                grad_weight = accumulate_weight_grad(grad_weight, g, (hidden[rows] * scale[rows, None]).to(mm_dtype), weight.dtype)
+            if uniform_mass:
+                grad_weight[:uniform_count] -= uniform_mass * (hidden.to(acc) * scale[:, None]).sum(dim=0)
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
         ctx.backpropagated = False

@@ -1,20 +1,22 @@
 """Cross-entropy against sparse soft targets, at the cost of plain cross-entropy.
 
-For logits ``z`` (one row per position) and a target ``q`` that is sparse plus an optional
-uniform closed form (``targets.TargetTable``):
+Each target row (``targets.TargetTable``) is sparse plus an optional uniform part:
 
-    loss_t = logsumexp(z_t) - Σ_k w_tk · z_t[id_tk] - c · Σ_{i<U} z_t[i]        (Σ q = 1)
-    ∂loss_t/∂z_t = softmax(z_t) - q_t
+    q_t      = Σ_k w_tk·one_hot(id_tk) + u·1[i < U]                        (Σ_i q_t[i] = 1)
+    loss_t   = -Σ_i q_t[i]·logp_t[i] = -Σ_k w_tk·logp_t[id_tk] - u·Σ_{i<U} logp_t[i]
+    ∂L/∂z_t  = s_t·(softmax(z_t) - q_t),    s_t = ∂L/∂L_mean · valid_t / n_valid
 
-averaged over the positions whose label is not ``ignore_index``. The plain NLL
-``logsumexp(z_t) - z_t[y_t]`` of the gold token is returned beside it (no gradient) so a run
-always logs a number comparable across objectives.
+with ``logp_t = log_softmax(z_t)`` and ``L`` the mean of ``loss_t`` over the ``n_valid``
+positions whose label is not ``ignore_index``. The plain NLL ``-logp_t[y_t]`` of the gold token
+is returned beside it (no gradient), so a run always logs a number comparable across objectives.
 
-No [N, V] tensor is allocated. Rows are processed in chunks: the forward takes the row max and a
-``log_softmax`` into a reused scratch buffer (plus, for label smoothing, its uniform row sum) and
-O(N·K) gathers; the backward turns the saved logits into ``(softmax(z) - q) · scale`` in place,
-chunk by chunk, with two dense passes (subtract, exp), in float32 (float64 for float64 logits). The caller must not reuse the logits after ``backward``;
-autograd raises if a node saved them for its own backward (their version counter changes).
+Cost, in dense passes over the logits, row chunk by row chunk (no [N, V] tensor is allocated):
+the forward is one ``log_softmax`` written over the logits themselves (half-precision logits: into
+a float32 scratch chunk), plus, for label smoothing only, one read for ``Σ_{i<U} logp``; the rest
+is O(N·K) gathers. The backward is ``exp`` and the row scale ``s``, in place, with the sparse
+``-w`` scattered in between: two passes, as in plain cross-entropy; label smoothing's ``-u`` is
+one more (``fused_loss.py`` moves it to the O(N·d) side, where it is free). The logits are consumed: after the forward they hold ``log_softmax(z)`` (float32 or
+float64 logits), after the backward their own gradient. Autograd raises if another node saved them.
 """
 
 from __future__ import annotations
@@ -45,50 +47,37 @@ def target_rows(targets: SparseTargets, rows: slice) -> SparseTargets:
     return SparseTargets(targets.ids[rows], targets.weights[rows], targets.uniform_mass, targets.uniform_count)
 
 
-def rows_loss_terms(
-    z: torch.Tensor,
-    targets: SparseTargets,
-    gold: torch.Tensor,
-    scratch: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per row: ``logsumexp(z_t)``, the objective ``-Σ_i q_t[i]·log_softmax(z_t)[i]`` and the NLL
-    ``-log_softmax(z_t)[gold_t]``, in the accumulation dtype (that of ``scratch``).
+def log_softmax_rows(z: torch.Tensor, gold: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``out = log_softmax(z)`` (``out`` may be ``z`` itself) and per row ``lse = z[gold] - out[gold]``.
 
-    ``scratch`` is a buffer of at least ``z.shape[0]`` rows of width V (overwritten). Two passes
-    over ``z`` (max, log_softmax); ``lse = max - log_softmax[argmax]`` is exact to rounding
-    because ``|log_softmax[argmax]| <= log V``.
+    ``lse`` comes from one column instead of a max pass; its rounding error is that of
+    ``logp[gold]``, the same as the entries of a plain ``log_softmax``.
     """
-    top, arg = z.max(dim=-1, keepdim=True)
-    logp = torch.log_softmax(z, dim=-1, dtype=scratch.dtype, out=scratch[: z.shape[0]])
-    lse = top.squeeze(1).to(logp.dtype) - logp.gather(1, arg).squeeze(1)
-    objective = -(targets.weights.to(logp.dtype) * logp.gather(1, targets.ids)).sum(dim=-1)
-    if targets.uniform_mass:
-        objective -= targets.uniform_mass * logp[:, : targets.uniform_count].sum(dim=-1)
-    return lse, objective, -logp.gather(1, gold[:, None]).squeeze(1)
+    z_gold = z.gather(1, gold[:, None]).to(out.dtype)
+    torch.log_softmax(z, dim=-1, dtype=out.dtype, out=out)
+    return out, (z_gold - out.gather(1, gold[:, None])).squeeze(1)
 
 
-def rows_soft_target_grad_(
-    z: torch.Tensor,
-    lse: torch.Tensor,
-    targets: SparseTargets,
-    scale: torch.Tensor,
-    negate: bool = False,
-    scratch: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``±(softmax(z) - q) · scale[:, None]`` for a row chunk (``scale >= 0``; minus if ``negate``),
-    in the accumulation dtype: written into ``z`` itself when it has that dtype, else into ``scratch``.
+def sparse_loss_terms(logp: torch.Tensor, targets: SparseTargets, gold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the sparse part of the objective ``-Σ_k w_k·logp[id_k]`` and the NLL ``-logp[gold]``."""
+    sparse = -(targets.weights.to(logp.dtype) * logp.gather(1, targets.ids)).sum(dim=-1)
+    return sparse, -logp.gather(1, gold[:, None]).squeeze(1)
 
-    The scale is folded into the exponent, ``exp(z - lse + log scale)``, so the dense work is two
-    passes (subtract, exp); rows with scale 0 come out as exact zeros.
+
+def softmax_minus_sparse_(logp: torch.Tensor, targets: SparseTargets) -> torch.Tensor:
+    """In place: ``exp(logp) - Σ_k w_k·one_hot(id_k)``, i.e. ``softmax - q`` without the uniform part."""
+    return logp.exp_().scatter_add_(1, targets.ids, -targets.weights.to(logp.dtype))
+
+
+def scale_rows(g: torch.Tensor, scale: torch.Tensor, uniform_mass: float, uniform_count: int, out: torch.Tensor) -> torch.Tensor:
+    """``out = scale·(g - uniform_mass·1[i < uniform_count])`` per row (``out`` may be ``g``).
+
+    One pass without a uniform part, two with it (a scalar ``sub_``, then the row ``mul``): a
+    three-operand ``addcmul`` with the per-row term broadcast measured 3x slower than ``mul`` on CPU.
     """
-    acc = accumulation_dtype(z.dtype)
-    g = z if z.dtype == acc else scratch[: z.shape[0]]
-    torch.sub(z, (lse - scale.log())[:, None], out=g)
-    g.exp_()
-    g.scatter_add_(1, targets.ids, -targets.weights.to(acc) * scale[:, None])
-    if targets.uniform_mass:
-        g[:, : targets.uniform_count] -= (targets.uniform_mass * scale)[:, None]
-    return g.neg_() if negate else g
+    if uniform_mass:
+        g[:, :uniform_count].sub_(uniform_mass)
+    return torch.mul(g, scale[:, None], out=out)
 
 
 def new_scratch(rows: int, n_cols: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -101,48 +90,51 @@ def masked_mean(values: torch.Tensor, valid: torch.Tensor, count: torch.Tensor) 
     return torch.where(valid, values, 0.0).sum() / count
 
 
+def valid_positions(labels: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``valid`` mask, their ``count`` (at least 1) and the labels with ignored positions set to id 0."""
+    valid = labels != ignore_index
+    return valid, valid.sum().clamp_min(1), labels.masked_fill(~valid, 0)
+
+
 class _SoftTargetCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, labels, ids, weights, uniform_mass, uniform_count, ignore_index):
         targets = SparseTargets(ids, weights, uniform_mass, uniform_count)
-        valid = labels != ignore_index
-        count = valid.sum().clamp_min(1)
-        gold = labels.masked_fill(~valid, 0)
+        valid, count, gold = valid_positions(labels, ignore_index)
         n, v = logits.shape
         step = chunk_rows(v, logits.device)
-        scratch = new_scratch(min(step, n), v, logits.dtype, logits.device)
-        acc = scratch.dtype
+        acc = accumulation_dtype(logits.dtype)
+        scratch = None if logits.dtype == acc else new_scratch(min(step, n), v, logits.dtype, logits.device)
         lse, objective, nll = (torch.empty(n, dtype=acc, device=logits.device) for _ in range(3))
         for start in range(0, n, step):
             rows = slice(start, start + step)
-            lse[rows], objective[rows], nll[rows] = rows_loss_terms(
-                logits[rows], target_rows(targets, rows), gold[rows], scratch,
-            )
-        loss, nll = masked_mean(objective, valid, count), masked_mean(nll, valid, count)
+            z = logits[rows]
+            logp, lse[rows] = log_softmax_rows(z, gold[rows], z if scratch is None else scratch[: z.shape[0]])
+            objective[rows], nll[rows] = sparse_loss_terms(logp, target_rows(targets, rows), gold[rows])
+            if uniform_mass:
+                objective[rows] -= uniform_mass * logp[:, :uniform_count].sum(dim=-1)
         ctx.save_for_backward(logits, lse, ids, weights, valid, count)
         ctx.uniform = (uniform_mass, uniform_count)
         ctx.mark_non_differentiable(nll)
-        return loss, nll
+        return masked_mean(objective, valid, count), masked_mean(nll, valid, count)
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_nll):
-        logits, lse, ids, weights, valid, count = ctx.saved_tensors
+        saved, lse, ids, weights, valid, count = ctx.saved_tensors  # saved: logp (float32/64) or logits
         targets = SparseTargets(ids, weights, *ctx.uniform)
-        scale = valid.to(lse.dtype) * (grad_loss.abs() / count)
-        negate = bool(grad_loss < 0)  # one host sync per backward; the dense passes stay at two
-        n, v = logits.shape
-        step = chunk_rows(v, logits.device)
-        scratch = None if logits.dtype == lse.dtype else new_scratch(min(step, n), v, logits.dtype, logits.device)
+        scale = valid.to(lse.dtype) * (grad_loss / count)
+        n, v = saved.shape
+        step = chunk_rows(v, saved.device)
+        scratch = None if saved.dtype == lse.dtype else new_scratch(min(step, n), v, saved.dtype, saved.device)
         for start in range(0, n, step):
             rows = slice(start, start + step)
-            g = rows_soft_target_grad_(
-                logits[rows], lse[rows], target_rows(targets, rows), scale[rows], negate, scratch,
-            )
-            if g.data_ptr() != logits[rows].data_ptr():
-                logits[rows].copy_(g)
+            out = saved[rows]
+            logp = out if scratch is None else torch.sub(out, lse[rows, None], out=scratch[: out.shape[0]])
+            g = softmax_minus_sparse_(logp, target_rows(targets, rows))
+            scale_rows(g, scale[rows], *ctx.uniform, out=out)
         # A fresh alias, so that a leaf's AccumulateGrad adopts this storage instead of cloning it.
-        return logits.detach(), None, None, None, None, None, None
+        return saved.detach(), None, None, None, None, None, None
 
 
 def soft_target_cross_entropy(
@@ -154,7 +146,8 @@ def soft_target_cross_entropy(
     """Mean soft-target cross-entropy and mean plain NLL over non-ignored positions.
 
     Args:
-        logits: [N, V] logits (any float dtype); overwritten by its gradient during backward.
+        logits: [N, V] logits (any float dtype); consumed: overwritten by ``log_softmax`` in the
+            forward (float32/float64) and by their gradient in the backward.
         labels: [N] gold ids, ``ignore_index`` where the position does not count.
         targets: rows of the target table for ``labels`` (``TargetTable.lookup``), ids/weights [N, K].
     """

@@ -180,7 +180,7 @@ def main() -> None:
     parser.add_argument('--tokens', type=int, nargs='+', default=[4096, 8192])
     parser.add_argument('--dtypes', nargs='+', default=['float32', 'bfloat16'], choices=['float32', 'bfloat16'])
     parser.add_argument('--objectives', nargs='*', default=list(OBJECTIVES), choices=OBJECTIVES)
-    parser.add_argument('--fused-objectives', nargs='*', default=['prefix_softmax'], choices=OBJECTIVES)
+    parser.add_argument('--fused-objectives', nargs='*', default=['prefix_softmax', 'label_smoothing'], choices=OBJECTIVES)
     parser.add_argument('--hidden', type=int, default=1536, help='d of the fused-vs-HF comparison')
     parser.add_argument('--fused-dtype', default='float32', choices=['float32', 'bfloat16'])
     parser.add_argument('--repeats', type=int, default=3)

@@ -107,6 +107,33 @@ def test_gradient_overwrites_the_logits_in_place():
     assert torch.allclose(z.grad.sum(-1), torch.zeros(6), atol=1e-6)  # softmax - q sums to 0 per row
 
 
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.bfloat16])
+def test_forward_leaves_log_softmax_in_full_precision_logits(dtype):
+    """The forward's contract: float32/float64 logits are overwritten by their log_softmax (the
+    backward needs no other copy), half-precision logits are left as they are."""
+    table = build_target_table(PIECES, SPECIALS, ObjectiveSpec('label_smoothing', eps=0.1))
+    logits, labels = example(5, PADDED_VOCAB, dtype)
+    z = logits.clone().requires_grad_()
+    soft_target_cross_entropy(z, labels, table.lookup(labels, IGNORE), IGNORE)
+    expected = logits if dtype == torch.bfloat16 else torch.log_softmax(logits, dim=-1)
+    assert torch.equal(z.detach(), expected)
+
+
+def test_gold_far_below_the_max_keeps_gradient_exact():
+    """lse is read from the gold column: a gold logit 200 below the row's max must not cost accuracy."""
+    table = build_target_table(PIECES, SPECIALS, ObjectiveSpec('label_smoothing', eps=0.1))
+    logits, labels = example(6, PADDED_VOCAB, torch.float64, seed=5)
+    gold_rows = (labels != IGNORE).nonzero().squeeze(1)
+    logits[gold_rows, labels[gold_rows]] -= 200.0
+    z = logits.clone().requires_grad_()
+    ref_loss, _ = dense_reference(z, labels, dense_targets(table, labels, PADDED_VOCAB))
+    ref_loss.backward()
+    for dtype, tol in ((torch.float64, 1e-8), (torch.float32, 1e-6)):  # float32 table weights bound float64
+        loss, _, grad = loss_and_grad(logits.to(dtype), labels, table.lookup(labels, IGNORE), 1.0)
+        assert abs(loss.item() - ref_loss.item()) < tol * ref_loss.item()
+        assert torch.allclose(grad.double(), z.grad, rtol=0, atol=tol)
+
+
 def test_all_ignored_gives_zero_loss_and_gradient():
     logits, _ = example(4, PADDED_VOCAB, torch.float64)
     labels = torch.full((4,), IGNORE)
