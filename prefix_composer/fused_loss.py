@@ -7,8 +7,8 @@ For final hidden states ``h`` [N, d], head weight ``W`` [V, d] and the targets o
     G_c = softmax(z_c) - q_sparse                              (in place: exp, scatter)
     ∂L/∂h_c = s_c ⊙ (G_c W) - u·s_c ⊗ Σ_{i<U} W_i,   ∂L/∂W += G_c^T (s_c ⊙ h_c)
 
-with ``s_t = valid_t / n_valid``; after the last chunk ``∂L/∂W[:U] -= u·Σ_t s_t h_t``. The row scale and label smoothing's uniform part act on the
-O(N·d) side, and its loss term uses ``Σ_{i<U} logp_t[i] = h_t·Σ_{i<U} W_i - U·lse_t``: every
+with ``s_t = valid_t / n_valid``; after the last chunk ``∂L/∂W[:U] -= u·Σ_t s_t h_t``. The row
+scale and label smoothing's uniform part act on the O(N·d) side, and its loss term uses ``Σ_{i<U} logp_t[i] = h_t·Σ_{i<U} W_i - U·lse_t``: every
 objective costs the same dense work, one ``log_softmax`` and one ``exp`` pass per logit, fewer than
 the unfused head plus ``loss.py``. Peak memory is one [c, V] chunk (plus its float32 copy under
 half-precision matmuls) and the [V, d] weight gradient, instead of the [N, V] logits and their
@@ -103,7 +103,7 @@ class _FusedLinearSoftTargetCrossEntropy(torch.autograd.Function):
                     grad_hidden[rows] -= torch.outer(uniform_mass * scale[rows], w_sum)
                 grad_weight = accumulate_weight_grad(grad_weight, g, (hidden[rows] * scale[rows, None]).to(mm_dtype), weight.dtype)
             if uniform_mass:
-                grad_weight[:uniform_count] -= uniform_mass * (hidden.to(acc) * scale[:, None]).sum(dim=0)
+                grad_weight[:uniform_count] -= uniform_mass * (scale @ hidden.to(acc))  # u·Σ_t s_t h_t
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
         ctx.backpropagated = False

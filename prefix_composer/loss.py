@@ -15,8 +15,9 @@ the forward is one ``log_softmax`` written over the logits themselves (half-prec
 a float32 scratch chunk), plus, for label smoothing only, one read for ``Σ_{i<U} logp``; the rest
 is O(N·K) gathers. The backward is ``exp`` and the row scale ``s``, in place, with the sparse
 ``-w`` scattered in between: two passes, as in plain cross-entropy; label smoothing's ``-u`` is
-one more (``fused_loss.py`` moves it to the O(N·d) side, where it is free). The logits are consumed: after the forward they hold ``log_softmax(z)`` (float32 or
-float64 logits), after the backward their own gradient. Autograd raises if another node saved them.
+one more (``fused_loss.py`` moves it to the O(N·d) side, where it is free). The logits are
+consumed: after the forward they hold ``log_softmax(z)`` (float32 or float64 logits), after the
+backward their own gradient. Autograd raises if another node saved them.
 """
 
 from __future__ import annotations
