@@ -4,8 +4,8 @@ The architecture is a ``LlamaConfig`` given in the YAML (no hub access). Trainin
 ``loss.soft_target_cross_entropy`` against the targets that the ``PrefixSmoothing`` algorithm
 puts in ``batch['soft_targets']``; without the algorithm the target is one-hot (plain CE).
 ``loss`` returns ``{'total': objective, 'nll': plain NLL}`` so Composer logs both
-(``loss/train/total``, ``loss/train/nll``). With ``loss_impl: fused`` the training forward stops
-at the final hidden states and the loss runs the (tied) LM head chunk by chunk
+(``loss/train/total``, ``loss/train/nll``). With ``loss_impl: fused`` (the default) the training
+forward stops at the final hidden states and the loss runs the (tied) LM head chunk by chunk
 (``fused_loss.py``), never materialising the [tokens x vocab] logits. Evaluation always computes
 full logits; its metrics are plain cross-entropy, perplexity and token accuracy for every objective.
 """
@@ -44,13 +44,13 @@ class PrefixLlamaForCausalLM(HuggingFaceModel):
     Args:
         tokenizer: the run's tokenizer (llm-foundry passes it).
         config: ``LlamaConfig`` keyword arguments (hidden_size, num_hidden_layers, vocab_size, ...).
-        loss_impl: training loss path. ``logits`` (default): the HF path, full logits then
-            ``soft_target_cross_entropy``. ``fused``: ``forward`` returns the final hidden states
-            and ``loss`` runs the LM head and the loss chunk by chunk (``fused_loss``), never
-            holding the [tokens, vocab] logits. Same math; evaluation always computes full logits.
+        loss_impl: training loss path. ``fused`` (default): ``forward`` returns the final hidden
+            states and ``loss`` runs the LM head and the loss chunk by chunk (``fused_loss``), never
+            holding the [tokens, vocab] logits. ``logits``: the HF path, full logits then
+            ``soft_target_cross_entropy``. Same math; evaluation always computes full logits.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: Mapping[str, Any], loss_impl: str = 'logits'):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: Mapping[str, Any], loss_impl: str = 'fused'):
         if loss_impl not in ('fused', 'logits'):
             raise ValueError(f"model.loss_impl must be 'fused' or 'logits', got {loss_impl!r}.")
         if tokenizer is None:

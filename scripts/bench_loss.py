@@ -67,10 +67,12 @@ def loss_method(name: str, labels: torch.Tensor, targets: SparseTargets):
 
 
 def head_method(name: str, labels: torch.Tensor, targets: SparseTargets):
-    """fwd+bwd on (hidden, weight): ``hf`` (full logits, then the loss) or ``fused``."""
+    """fwd+bwd on (hidden, weight): ``hf`` (full logits, then the loss), ``fused`` (default chunk)
+    or ``fused@C`` (chunks of C tokens)."""
     if name == 'hf':
         return lambda h, w: soft_target_cross_entropy(h @ w.t(), labels, targets, IGNORE)[0].backward()
-    return lambda h, w: fused_linear_soft_target_cross_entropy(h, w, labels, targets, IGNORE)[0].backward()
+    chunk = int(name.split('@')[1]) if '@' in name else None
+    return lambda h, w: fused_linear_soft_target_cross_entropy(h, w, labels, targets, IGNORE, chunk)[0].backward()
 
 
 def sync(device: str) -> None:
@@ -85,6 +87,17 @@ def memory_now(device: str) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def input_stds(job: dict) -> list[float]:
+    """Standard deviations of the random inputs, chosen so that the logits look like a language
+    model's (std 1-2): logits N(0, 2²); hidden states N(0, 1) (unit RMS after the final norm) and
+    head weight N(0, 1/d), so logits N(0, 1). A unit-std weight would give logits of std √d ≈ 39,
+    whose softmax underflows to float32 denormals: on CPU that made every matmul reading the
+    logit gradient ~5x slower and the timings meaningless (measured at N=2048, d=1536)."""
+    if job['kind'] == 'loss':
+        return [2.0]
+    return [1.0, job['hidden'] ** -0.5]
+
+
 def worker(job: dict) -> dict:
     """One measurement process: ``job['methods']`` is [[name, targets path], ...], run round-robin."""
     device, n, dtype = job['device'], job['n'], getattr(torch, job['dtype'])
@@ -95,11 +108,12 @@ def worker(job: dict) -> dict:
         runs[name] = make(name, labels, targets)
     shapes = [(n, vocab)] if job['kind'] == 'loss' else [(n, job['hidden']), (vocab, job['hidden'])]
     inputs = [torch.empty(shape, dtype=dtype, device=device).requires_grad_() for shape in shapes]
+    stds = input_stds(job)
 
     def refill():
         with torch.no_grad():
-            for x in inputs:
-                x.normal_(std=2.0 if job['kind'] == 'loss' else 1.0)
+            for x, std in zip(inputs, stds):
+                x.normal_(std=std)
                 x.grad = None
         sync(device)
 
@@ -182,6 +196,9 @@ def main() -> None:
     parser.add_argument('--objectives', nargs='*', default=list(OBJECTIVES), choices=OBJECTIVES)
     parser.add_argument('--fused-objectives', nargs='*', default=['prefix_softmax', 'label_smoothing'], choices=OBJECTIVES)
     parser.add_argument('--hidden', type=int, default=1536, help='d of the fused-vs-HF comparison')
+    parser.add_argument('--fused-chunks', type=int, nargs='*', default=[],
+                        help='also time the fused path at these tokens per chunk (default chunk: '
+                             'fused_chunk_tokens(V))')
     parser.add_argument('--fused-dtype', default='float32', choices=['float32', 'bfloat16'])
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
@@ -190,8 +207,8 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
-    if args.repeats < 1 or min(args.tokens) < 1 or args.hidden < 1:
-        parser.error('--repeats, --tokens and --hidden must be positive')
+    if args.repeats < 1 or min(args.tokens + args.fused_chunks + [args.hidden]) < 1:
+        parser.error('--repeats, --tokens, --hidden and --fused-chunks must be positive')
     print(f'device={args.device} threads={torch.get_num_threads()} torch={torch.__version__} '
           f'load_avg={os.getloadavg()[0]:.1f}', flush=True)
     with tempfile.TemporaryDirectory() as folder:
@@ -205,7 +222,8 @@ def main() -> None:
                             measure(job, methods, args.repeats), 'F.cross_entropy')
             for objective in args.fused_objectives:
                 job = {'kind': 'head', 'device': args.device, 'n': n, 'dtype': args.fused_dtype, 'hidden': args.hidden}
-                results = measure(job, [['hf', paths[objective]], ['fused', paths[objective]]], args.repeats)
+                fused = ['fused'] + [f'fused@{c}' for c in args.fused_chunks]
+                results = measure(job, [[name, paths[objective]] for name in ['hf', *fused]], args.repeats)
                 ratio_table(f'head+loss fwd+bwd, {objective}, N={n}, V=128256, d={args.hidden}, {args.fused_dtype} '
                             '(fused vs HF path: logits, then the loss)', results, 'hf')
 
