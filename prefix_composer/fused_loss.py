@@ -8,9 +8,9 @@ For final hidden states ``h`` [N, d], head weight ``W`` [V, d] and the targets o
     ∂L/∂h_c = s_c ⊙ (G_c W) - u·s_c ⊗ Σ_{i<U} W_i,   ∂L/∂W += G_c^T (s_c ⊙ h_c)
 
 with ``s_t = valid_t / n_valid``; after the last chunk ``∂L/∂W[:U] -= u·Σ_t s_t h_t``. The row
-scale and label smoothing's uniform part act on the O(N·d) side, and its loss term uses ``Σ_{i<U} logp_t[i] = h_t·Σ_{i<U} W_i - U·lse_t``: every
-objective costs the same dense work, one ``log_softmax`` and one ``exp`` pass per logit, fewer than
-the unfused head plus ``loss.py``. Peak memory is one [c, V] chunk (plus its float32 copy under
+scale and label smoothing's uniform part act on the O(N·d) side, and the uniform loss term uses
+``Σ_{i<U} logp_t[i] = h_t·Σ_{i<U} W_i - U·lse_t``: every objective costs the same dense work, one
+``log_softmax`` and one ``exp`` pass per logit, fewer than the unfused head plus ``loss.py``. Peak memory is one [c, V] chunk (plus its float32 copy under
 half-precision matmuls) and the [V, d] weight gradient, instead of the [N, V] logits and their
 gradient. The gradients are computed in the forward, as Liger-Kernel's fused linear
 cross-entropy does: three matmuls per chunk, as many as an unfused head, where recomputing them in
@@ -85,7 +85,7 @@ class _FusedLinearSoftTargetCrossEntropy(torch.autograd.Function):
             logits = torch.empty(step, v, dtype=mm_dtype, device=hidden.device)
             scratch = None if mm_dtype == acc else new_scratch(step, v, mm_dtype, hidden.device)
             if uniform_mass:
-                w_sum = weight[:uniform_count].to(acc).sum(dim=0)  # Σ_{i<U} W_i
+                w_sum = weight[:uniform_count].sum(dim=0, dtype=acc)  # Σ_{i<U} W_i
             objective, nll = (torch.empty(n, dtype=acc, device=hidden.device) for _ in range(2))
             grad_hidden = torch.empty_like(hidden)
             grad_weight = None
