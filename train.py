@@ -7,7 +7,7 @@ built-ins. ``prefix_composer.launch`` adds the run name default and the pre-flig
 
 import sys
 
-from prefix_composer.launch import main
+from prefix_composer.runtime.launch import main
 
 if __name__ == '__main__':
     main(sys.argv[1:])

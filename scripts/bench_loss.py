@@ -28,10 +28,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from prefix_composer.fused_loss import fused_linear_soft_target_cross_entropy
-from prefix_composer.loss import soft_target_cross_entropy
-from prefix_composer.targets import OBJECTIVES, ObjectiveSpec, SparseTargets, build_target_table
-from prefix_composer.tokenizer import PackagedLlama3Tokenizer, token_byte_strings
+from prefix_composer.losses.fused import fused_linear_soft_target_cross_entropy
+from prefix_composer.losses.soft_target import soft_target_cross_entropy
+from prefix_composer.objectives.targets import OBJECTIVES, ObjectiveSpec, SparseTargets, build_target_table
+from prefix_composer.objectives.vocab import token_byte_strings
+from prefix_composer.tokenizer import PackagedLlama3Tokenizer
 
 IGNORE = -100
 EPS = {'ce': 0.0, 'label_smoothing': 0.1}  # prefix objectives: eps 1.0 (the production variant)

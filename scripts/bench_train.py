@@ -24,7 +24,7 @@ import tempfile
 import numpy as np
 from streaming import MDSWriter
 
-from prefix_composer.targets import OBJECTIVES
+from prefix_composer.objectives.targets import OBJECTIVES
 
 THROUGHPUT = 'throughput/tokens_per_sec'
 

@@ -13,10 +13,9 @@ import sys
 
 from omegaconf import OmegaConf as om
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from prefix_composer.training.param_count import count_llama_parameters
 
-from prefix_composer.param_count import count_llama_parameters  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 DIMS = ('hidden_size', 'num_hidden_layers', 'num_attention_heads', 'num_key_value_heads', 'intermediate_size')
 

@@ -25,7 +25,7 @@ import sysconfig
 from prefix_composer.data.build_mds import create_mds
 from prefix_composer.data.download import describe_source, download
 from prefix_composer.data.run_config import load_data_run_config
-from prefix_composer.launch import load_config
+from prefix_composer.config import load_config
 
 YAML = 'yamls/smoke_cpu.yaml'
 SOURCE = 'data/demo/source/docs.jsonl'

@@ -30,8 +30,8 @@ from composer.utils import safe_torch_load
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from prefix_composer.lm_eval_callback import AUTOCAST_DTYPES, METRIC_PREFIX, evaluate_lm
-from prefix_composer.lm_eval_tasks import build_task_manager, check_tasks
+from prefix_composer.evaluation.harness import AUTOCAST_DTYPES, METRIC_PREFIX, evaluate_lm
+from prefix_composer.evaluation.tasks import build_task_manager, check_tasks
 
 LATEST_CHECKPOINT = os.path.join('checkpoints', 'latest-rank0.pt')
 

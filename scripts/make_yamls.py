@@ -20,10 +20,9 @@ import sys
 
 from omegaconf import OmegaConf as om
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from prefix_composer.training.param_count import ParamCount, count_llama_parameters
 
-from prefix_composer.param_count import ParamCount, count_llama_parameters  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,10 +24,9 @@ import sys
 
 import pandas as pd
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from prefix_composer.analysis.plotting import markdown_table, plt, save_figure
 
-from prefix_composer.plotting import markdown_table, plt, save_figure  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 REQUIRED_COLUMNS = ('batch', 'tokens', 'phase')
 TRAIN_METRICS = {'loss/train/total': 'train objective', 'loss/train/nll': 'train NLL'}

@@ -20,12 +20,11 @@ import sys
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from prefix_composer.analysis.plotting import markdown_table, plt, save_figure
+from prefix_composer.objectives.targets import strict_prefix_ids
+from prefix_composer.objectives.vocab import token_byte_strings
 
-from prefix_composer.plotting import markdown_table, plt, save_figure  # noqa: E402
-from prefix_composer.targets import strict_prefix_ids  # noqa: E402
-from prefix_composer.tokenizer import token_byte_strings  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Byte-length buckets (inclusive ranges); the last one is open-ended.
 BUCKETS = ((1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (7, 7), (8, 8), (9, 12), (13, 16), (17, None))

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from streaming import MDSWriter
 
-from prefix_composer.tokenizer import PackagedLlama3Tokenizer, token_byte_strings
+from prefix_composer.objectives.vocab import token_byte_strings
+from prefix_composer.tokenizer import PackagedLlama3Tokenizer
 
 # Varied English, some of it with tokens that have byte prefixes (" personality", " strawberry").
 SAMPLE_TEXT = (

@@ -7,7 +7,8 @@ import os
 from functools import lru_cache
 
 from prefix_composer.data.synthetic import SyntheticCorpus, vocabulary_words
-from prefix_composer.tokenizer import PackagedLlama3Tokenizer, token_byte_strings
+from prefix_composer.objectives.vocab import token_byte_strings
+from prefix_composer.tokenizer import PackagedLlama3Tokenizer
 
 SMOKE_YAML = 'yamls/smoke_cpu.yaml'
 # documents that the ASCII rule leaves empty, and one that spells the EOS token as text

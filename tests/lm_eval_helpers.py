@@ -13,8 +13,8 @@ from composer import Trainer
 from composer.loggers import InMemoryLogger
 from torch.utils.data import DataLoader
 
-from prefix_composer.lm_eval_tasks import TASKS_DIR
-from prefix_composer.model import PrefixLlamaForCausalLM
+from prefix_composer.evaluation.tasks import TASKS_DIR
+from prefix_composer.training.model import PrefixLlamaForCausalLM
 
 LM_EVAL_TASKS = Path(lm_eval.__file__).parent / 'tasks'
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -15,10 +15,10 @@ import yaml
 from lm_eval.api.model import LM
 from lm_eval.tasks import TaskManager
 
-from prefix_composer.charbench import TASKS_DIR
-from prefix_composer.charbench.generate import DEFAULT_WORDLIST, SUBTASKS, WORDLIST_SHA256, chance
+from prefix_composer.evaluation.charbench import TASKS_DIR
+from prefix_composer.evaluation.charbench.generate import DEFAULT_WORDLIST, SUBTASKS, WORDLIST_SHA256, chance
 
-DATA_DIR = Path(__file__).resolve().parent.parent / 'prefix_composer' / 'charbench' / 'data'
+DATA_DIR = Path(__file__).resolve().parent.parent / 'prefix_composer' / 'evaluation' / 'charbench' / 'data'
 SPLITS = ('single', 'multi')
 NUM_CHOICES = {'contains': 2}  # every other subtask has 4 choices
 
@@ -151,7 +151,7 @@ def test_task_yamls_cover_all_subtasks():
 def test_generator_reproduces_committed_files(tmp_path):
     if not os.path.exists(DEFAULT_WORDLIST):
         pytest.skip(f'{DEFAULT_WORDLIST} missing: `apt-get install wamerican` to check regeneration')
-    from prefix_composer.charbench.generate import main, sha256_file
+    from prefix_composer.evaluation.charbench.generate import main, sha256_file
 
     if sha256_file(DEFAULT_WORDLIST) != WORDLIST_SHA256:
         pytest.skip(f'{DEFAULT_WORDLIST} is not wamerican 2020.12.07-2 (sha256 differs)')

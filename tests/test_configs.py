@@ -14,8 +14,8 @@ from omegaconf import OmegaConf as om
 from streaming import MDSWriter
 from streaming.base.util import clean_stale_shared_memory
 
-from prefix_composer.launch import load_config
-from prefix_composer.param_count import count_llama_parameters
+from prefix_composer.config import load_config
+from prefix_composer.training.param_count import count_llama_parameters
 
 REPO = Path(__file__).resolve().parent.parent
 YAMLS = REPO / 'yamls'

@@ -31,7 +31,7 @@ from prefix_composer.data.download import describe_source, download  # noqa: E40
 from prefix_composer.data.manifest import check_run_data, read_mds_manifest  # noqa: E402
 from prefix_composer.data.raw_shards import iter_raw_texts, read_raw_manifest  # noqa: E402
 from prefix_composer.data.run_config import load_data_run_config  # noqa: E402
-from prefix_composer.launch import load_config  # noqa: E402
+from prefix_composer.config import load_config  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_DOCS = 300

@@ -9,7 +9,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lm_eval_helpers import TRAINING_TEXT, load_script, train_tiny, write_local_tasks
-from prefix_composer.lm_eval_callback import METRIC_PREFIX, LMEvalCallback
+from prefix_composer.evaluation.callback import LMEvalCallback
+from prefix_composer.evaluation.harness import METRIC_PREFIX
 
 TASKS = ['local_hellaswag', 'charbench_count_single']
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from test_loss import IGNORE, PADDED_VOCAB, PIECES, SPECIALS, SPECS, dense_reference, dense_targets
 
-from prefix_composer.fused_loss import fused_linear_soft_target_cross_entropy
-from prefix_composer.loss import soft_target_cross_entropy
-from prefix_composer.model import PrefixLlamaForCausalLM
-from prefix_composer.targets import ObjectiveSpec, SparseTargets, build_target_table
+from prefix_composer.losses.fused import fused_linear_soft_target_cross_entropy
+from prefix_composer.losses.soft_target import soft_target_cross_entropy
+from prefix_composer.training.model import PrefixLlamaForCausalLM
+from prefix_composer.objectives.targets import ObjectiveSpec, SparseTargets, build_target_table
 
 
 def head_example(n: int, d: int, n_cols: int, dtype: torch.dtype, seed: int = 0):

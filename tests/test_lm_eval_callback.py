@@ -17,9 +17,10 @@ from lm_eval.tasks._yaml_loader import load_yaml
 from llmfoundry.utils.builders import build_callback
 
 from lm_eval_helpers import LM_EVAL_TASKS, ROOT, hellaswag_items, load_script, tiny_model, train_tiny, write_local_tasks
-from prefix_composer.lm_eval_adapter import forward_chunks
-from prefix_composer.lm_eval_callback import LMEvalCallback, evaluate_lm, flatten_metrics
-from prefix_composer.lm_eval_tasks import TASKS_DIR, build_task_manager
+from prefix_composer.evaluation.adapter import forward_chunks
+from prefix_composer.evaluation.callback import LMEvalCallback
+from prefix_composer.evaluation.harness import evaluate_lm, flatten_metrics
+from prefix_composer.evaluation.tasks import TASKS_DIR, build_task_manager
 
 LOCAL_AND_CHARBENCH = ['local_hellaswag', 'local_winogrande', 'charbench_count_single']
 

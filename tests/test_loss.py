@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import prefix_composer.loss as loss_module
-from prefix_composer.loss import soft_target_cross_entropy
-from prefix_composer.targets import OBJECTIVES, ObjectiveSpec, SparseTargets, TargetTable, build_target_table
+import prefix_composer.losses.soft_target as loss_module
+from prefix_composer.losses.soft_target import soft_target_cross_entropy
+from prefix_composer.objectives.targets import OBJECTIVES, ObjectiveSpec, SparseTargets, TargetTable, build_target_table
 
 IGNORE = -100
 # A byte vocabulary with nested prefixes, a special id (5) and pieces without prefixes.

@@ -22,9 +22,8 @@ import time
 import pytest
 import torch
 
-from prefix_composer.checkpoints import (
+from prefix_composer.runtime.checkpoints import (
     CORRUPT_SUFFIX,
-    KILL_BEFORE_RENAME_ENV,
     LATEST_NAME,
     checkpoint_files,
     prune_checkpoints,
@@ -42,19 +41,20 @@ OVERRIDES = [
 ]
 # Columns that measure wall-clock time and legitimately differ between runs.
 TIMING_COLUMNS = re.compile(r'^(wall_time_s|throughput/.*|time/(train|val|total))$')
+COMPOSER = (os.path.join(os.path.dirname(sys.executable), 'composer'),)  # the venv's, not PATH's
 RUN_TIMEOUT_S = 1800  # generous: the shared CI machine can be very slow; runs poll, never sleep fixed times
 
 
 # -- running training ---------------------------------------------------------------------
-def command(tmp_path, mds, launcher=('composer',)):
-    return [*launcher, 'train.py', 'yamls/smoke_cpu.yaml', *OVERRIDES,
+def command(tmp_path, mds, launcher=COMPOSER, script=('train.py',)):
+    return [*launcher, *script, 'yamls/smoke_cpu.yaml', *OVERRIDES,
             f'variables.run_root={tmp_path}', f'variables.data.mds_dir={mds}']
 
 
-def start(tmp_path, mds, name, launcher=('composer',), env=None):
+def start(tmp_path, mds, name, launcher=COMPOSER, script=('train.py',)):
     log_file = open(tmp_path / f'{name}.log', 'w')
-    proc = subprocess.Popen(command(tmp_path, mds, launcher), cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
-                            env={**os.environ, **(env or {})}, start_new_session=True)
+    proc = subprocess.Popen(command(tmp_path, mds, launcher, script), cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     proc.log_path = tmp_path / f'{name}.log'
     return proc
 
@@ -176,7 +176,7 @@ def test_sigkill_at_random_batch_resumes_bitwise_identically(tmp_path, tiny_mds,
 
 # -- guarantee 2: SIGTERM to the launcher --------------------------------------------------
 def test_sigterm_saves_the_current_batch_and_exits_zero(tmp_path, tiny_mds, straight_run):
-    launcher = (sys.executable, '-m', 'prefix_composer.preemption')
+    launcher = (sys.executable, '-m', 'prefix_composer.runtime.launcher')
     proc = start(tmp_path, tiny_mds, 'c1', launcher=launcher)
     wait_for(lambda: last_logged_batch(tmp_path) >= SAVE_EVERY + 1, proc, f'batch {SAVE_EVERY + 1}')
     seen = last_logged_batch(tmp_path)
@@ -197,7 +197,7 @@ def test_sigterm_saves_the_current_batch_and_exits_zero(tmp_path, tiny_mds, stra
 
 # -- guarantee 3: kill mid-save, truncated newest checkpoint, missing symlink -------------
 def test_kill_mid_save_truncated_checkpoint_and_missing_symlink(tmp_path, tiny_mds, straight_run):
-    proc = start(tmp_path, tiny_mds, 'd1', env={KILL_BEFORE_RENAME_ENV: '6'})
+    proc = start(tmp_path, tiny_mds, 'd1', script=('tests/train_killed_mid_save.py', '6'))
     assert finish(proc) != 0
     names = sorted(os.listdir(folder(tmp_path)))
     assert names == ['ep0-ba2-rank0.pt', 'ep0-ba4-rank0.pt', LATEST_NAME, 'partial-ep0-ba6-rank0.pt']

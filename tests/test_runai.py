@@ -54,7 +54,7 @@ def test_submit_records_the_training_job(fake_runai):
     assert flags[flags.index('--working-dir') + 1] == '/workspace/prefix-composer'
     assert flags[flags.index('-e') + 1] == f'HF_TOKEN={TOKEN}'  # reaches the container ...
     assert argv[argv.index('--command'):] == [
-        '--command', '--', 'python', '-m', 'prefix_composer.preemption', '-n', '8', 'train.py', 'yamls/prefix_unnorm_eps1.yaml', 'max_duration=10ba',
+        '--command', '--', 'python', '-m', 'prefix_composer.runtime.launcher', '-n', '8', 'train.py', 'yamls/prefix_unnorm_eps1.yaml', 'max_duration=10ba',
         'eval_interval=5ba',
     ]
     assert TOKEN not in proc.stdout + proc.stderr  # ... but is never printed
@@ -82,7 +82,7 @@ def test_dry_run_prints_the_command_without_the_token_and_runs_nothing(fake_runa
     assert TOKEN not in proc.stdout + proc.stderr
     assert line == ('runai training submit ce -p prefix-composer -i prefix-composer:latest --gpu-devices-request 8 '
                     '--existing-pvc claimname=prefix-composer-pvc,path=/mnt --working-dir /workspace/prefix-composer '
-                    '-e "HF_TOKEN=$HF_TOKEN" --command -- python -m prefix_composer.preemption -n 8 train.py yamls/ce.yaml '
+                    '-e "HF_TOKEN=$HF_TOKEN" --command -- python -m prefix_composer.runtime.launcher -n 8 train.py yamls/ce.yaml '
                     'variables.run_root=/mnt/my\\ runs')
 
 

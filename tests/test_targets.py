@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from prefix_composer.targets import OBJECTIVES, ObjectiveSpec, build_target_table
+from prefix_composer.objectives.targets import OBJECTIVES, ObjectiveSpec, build_target_table
 
 EPSILONS = (0.0, 0.1, 1.0)
 TAUS = (0.05, 1.0, 2.0)

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prefix_composer.launch import main as train_main
-from prefix_composer.targets import OBJECTIVES
+from prefix_composer.runtime.launch import main as train_main
+from prefix_composer.objectives.targets import OBJECTIVES
 
 from conftest import write_token_mds
 

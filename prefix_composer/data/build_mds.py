@@ -24,7 +24,7 @@ from prefix_composer.data.parallel_tokenize import load_worker_tokenizer, ordere
 from prefix_composer.data.progress import DocTokenProgress
 from prefix_composer.data.raw_shards import RawManifest, iter_raw_texts, manifest_path, read_raw_manifest
 from prefix_composer.data.run_config import DataRunConfig
-from prefix_composer.tokenizer import tokenizer_content_hash
+from prefix_composer.data.tokenizer_hash import tokenizer_content_hash
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf as om
 from transformers import PreTrainedTokenizerBase
 
 from prefix_composer.data.files import read_json
-from prefix_composer.tokenizer import tokenizer_content_hash
+from prefix_composer.data.tokenizer_hash import tokenizer_content_hash
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The data-preparation settings of a run, read from the training YAML itself.
 
-Both data scripts load the YAML with ``prefix_composer.launch.load_config`` (the loader training
+Both data scripts load the YAML with ``prefix_composer.config.load_config`` (the loader training
 uses, ``key=value`` overrides included), so raw/MDS paths, tokenizer and sequence length cannot
 disagree between preparation and training. The MDS folder is ``variables.data.mds_dir`` and must
 be the ``local`` of both loaders; the split names are the loaders' ``split`` values.
@@ -15,7 +15,7 @@ from llmfoundry.utils.builders import build_tokenizer
 from omegaconf import DictConfig
 from omegaconf import OmegaConf as om
 
-from prefix_composer.launch import load_config
+from prefix_composer.config import load_config
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 import zipfile
 from typing import Optional
 
@@ -42,9 +41,6 @@ CHECKPOINT_PATTERN = re.compile(r'^ep(\d+)-ba(\d+)-rank0\.pt$')
 LATEST_NAME = 'latest-rank0.pt'
 PARTIAL_PREFIX = 'partial-'  # in front of the name, so Composer still sees a .pt file
 CORRUPT_SUFFIX = '.corrupt'
-# Test hook: SIGKILL this process after the temp file of the checkpoint at this batch is written,
-# before it is renamed (proves that a kill mid-save cannot break the restart).
-KILL_BEFORE_RENAME_ENV = 'PREFIX_COMPOSER_KILL_BEFORE_RENAME_AT_BATCH'
 
 
 def checkpoint_files(folder: str) -> list[str]:
@@ -192,8 +188,6 @@ class AtomicCheckpointSaver(CheckpointSaver):
         if not written:  # only rank 0 writes a monolithic checkpoint
             return
         fsync_path(written)
-        if os.environ.get(KILL_BEFORE_RENAME_ENV) == str(int(state.timestamp.batch)):
-            os.kill(os.getpid(), signal.SIGKILL)
         os.replace(written, final)
         folder = os.path.dirname(final)
         fsync_path(folder)

@@ -38,7 +38,6 @@ import numpy as np
 import torch
 
 OBJECTIVES = ('ce', 'label_smoothing', 'prefix_simple', 'prefix_softmax', 'prefix_softmax_norm')
-SOFTMAX_OBJECTIVES = ('prefix_softmax', 'prefix_softmax_norm')
 SUPPORTS = ('inclusive', 'strict')
 
 
@@ -85,7 +84,7 @@ class TargetTable:
 
         Only the first ``max width`` columns of the batch's rows are gathered (the columns cut
         off have weight 0 in every row of the batch), so a batch pays for its longest support,
-        not for the vocabulary's (K=86 on Llama-3).
+        not for the vocabulary's widest row.
         """
         safe = labels.masked_fill(labels == ignore_index, 0)
         k = int(self.width[safe].max()) if safe.numel() else 1

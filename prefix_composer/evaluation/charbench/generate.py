@@ -326,9 +326,9 @@ def main(argv: list[str] | None = None) -> None:
     if digest != WORDLIST_SHA256:
         print(f'warning: {args.wordlist} has sha256 {digest}, not that of wamerican 2020.12.07-2; '
               'the items will differ from the committed ones.')
-    from prefix_composer.tokenizer import packaged_llama3_tokenizer
+    from prefix_composer.tokenizer import PackagedLlama3Tokenizer
 
-    n_tokens = count_tokens(load_words(args.wordlist), packaged_llama3_tokenizer())
+    n_tokens = count_tokens(load_words(args.wordlist), PackagedLlama3Tokenizer())
     files = generate(n_tokens, seed=args.seed)
     write_jsonl(files, args.out)
     print(f'wrote {sum(map(len, files.values()))} items in {len(files)} files to {args.out}')

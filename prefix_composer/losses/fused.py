@@ -1,6 +1,6 @@
 """LM head + soft-target cross-entropy fused and chunked over tokens: no [N, V] logits.
 
-For final hidden states ``h`` [N, d], head weight ``W`` [V, d] and the targets of ``loss.py``
+For final hidden states ``h`` [N, d], head weight ``W`` [V, d] and the targets of ``soft_target.py``
 (sparse ``w`` on ``ids`` plus ``u`` on each id ``< U``), per chunk ``c`` of tokens:
 
     z_c = h_c W^T, logp_c = log_softmax(z_c)                   (one reused [c, V] buffer)
@@ -10,7 +10,7 @@ For final hidden states ``h`` [N, d], head weight ``W`` [V, d] and the targets o
 with ``s_t = valid_t / n_valid``; after the last chunk ``∂L/∂W[:U] -= u·Σ_t s_t h_t``. The row
 scale and label smoothing's uniform part act on the O(N·d) side, and the uniform loss term uses
 ``Σ_{i<U} logp_t[i] = h_t·Σ_{i<U} W_i - U·lse_t``: every objective costs the same dense work, one
-``log_softmax`` and one ``exp`` pass per logit, fewer than the unfused head plus ``loss.py``. Peak memory is one [c, V] chunk (plus its float32 copy under
+``log_softmax`` and one ``exp`` pass per logit, fewer than the unfused head plus ``soft_target.py``. Peak memory is one [c, V] chunk (plus its float32 copy under
 half-precision matmuls) and the [V, d] weight gradient, instead of the [N, V] logits and their
 gradient. The gradients are computed in the forward, as Liger-Kernel's fused linear
 cross-entropy does: three matmuls per chunk, as many as an unfused head, where recomputing them in
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from prefix_composer.loss import (
+from prefix_composer.losses.rows import (
     accumulation_dtype,
     check_loss_inputs,
     log_softmax_rows,
@@ -33,14 +33,14 @@ from prefix_composer.loss import (
     new_scratch,
     softmax_minus_sparse_,
     sparse_loss_terms,
+    target_args,
     target_rows,
     valid_positions,
 )
-from prefix_composer.targets import SparseTargets
+from prefix_composer.objectives.targets import SparseTargets
 
 # Logit elements per chunk: one [chunk, V] buffer in the matmul dtype (plus a float32 one for half
-# precision); 1046 tokens at V=128,256. On CPU (N=8192, d=1536) it measured 0.83x the HF path's
-# time at 0.28x its memory, against 0.94x and 0.23x for half the chunk (docs/performance.md).
+# precision). Chosen by `scripts/bench_loss.py --fused-chunks` (docs/performance.md).
 _CHUNK_ELEMENTS = 1 << 27
 
 
@@ -148,14 +148,4 @@ def fused_linear_soft_target_cross_entropy(
     if chunk_tokens is not None and chunk_tokens < 1:
         raise ValueError(f'chunk_tokens must be a positive integer, got {chunk_tokens!r}.')
     check_loss_inputs(torch.Size((hidden.shape[0], weight.shape[0])), labels, targets)
-    return _FusedLinearSoftTargetCrossEntropy.apply(
-        hidden,
-        weight,
-        labels,
-        targets.ids,
-        targets.weights,
-        float(targets.uniform_mass),
-        int(targets.uniform_count),
-        ignore_index,
-        chunk_tokens,
-    )
+    return _FusedLinearSoftTargetCrossEntropy.apply(hidden, weight, labels, *target_args(targets), ignore_index, chunk_tokens)

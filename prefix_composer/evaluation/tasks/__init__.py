@@ -1,12 +1,12 @@
 """lm-eval task resolution: the project's task folders, one ``TaskManager``, and the start-up check.
 
-Task folders searched besides lm-eval's built-in tasks: CharBench (``prefix_composer/charbench/tasks``)
+Task folders searched besides lm-eval's built-in tasks: CharBench (``evaluation/charbench/tasks``)
 and this folder (``winogrande_debiased``). ``check_tasks`` builds every requested task, which
 loads its data, so an unknown name or a dataset missing from an offline cache is a ``ValueError``
 naming the task and the fix before training starts. Pre-download on a machine with internet
 (same ``HF_DATASETS_CACHE`` as the cluster)::
 
-    uv run python -m prefix_composer.lm_eval_tasks hellaswag piqa winogrande_debiased arc_easy
+    uv run python -m prefix_composer.evaluation.tasks hellaswag piqa winogrande_debiased arc_easy
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ import datasets
 import lm_eval
 from lm_eval.tasks import TaskManager
 
-from prefix_composer.charbench import TASKS_DIR as CHARBENCH_TASKS_DIR
+from prefix_composer.evaluation.charbench import TASKS_DIR as CHARBENCH_TASKS_DIR
+
+__all__ = ['PROJECT_TASK_DIRS', 'TASKS_DIR', 'build_task_manager', 'check_tasks']
 
 TASKS_DIR = Path(__file__).parent
 PROJECT_TASK_DIRS = (CHARBENCH_TASKS_DIR, TASKS_DIR)
@@ -28,7 +30,7 @@ PROJECT_TASK_DIRS = (CHARBENCH_TASKS_DIR, TASKS_DIR)
 def build_task_manager(tasks: Sequence[str], include_path: Sequence[str | os.PathLike] = ()) -> TaskManager:
     """A ``TaskManager`` over the project's folders, ``include_path`` and, if needed, lm-eval's tasks.
 
-    Indexing lm-eval's ~14,700 built-in tasks takes 12-20 s, so they are indexed only when a
+    Indexing lm-eval's thousands of built-in tasks takes seconds, so they are indexed only when a
     requested name is not found in the project's folders and ``include_path``.
     """
     paths = [str(p) for p in (*PROJECT_TASK_DIRS, *include_path)]
@@ -64,7 +66,7 @@ def check_tasks(manager: TaskManager, tasks: Sequence[str]) -> dict[str, int]:
                 f'lm_eval task {name!r}: its dataset could not be loaded ({type(error).__name__}: {error}). '
                 f'Offline, the dataset must already be in the Hugging Face datasets cache '
                 f'(HF_DATASETS_CACHE={datasets.config.HF_DATASETS_CACHE}). Fill that cache on a machine with '
-                f'internet: `HF_DATASETS_CACHE=<same path> uv run python -m prefix_composer.lm_eval_tasks {name}`; '
+                f'internet: `HF_DATASETS_CACHE=<same path> uv run python -m prefix_composer.evaluation.tasks {name}`; '
                 f'or drop {name!r} from callbacks.lm_eval.tasks.',
             ) from error
         except Exception as error:

@@ -15,7 +15,7 @@ the forward is one ``log_softmax`` written over the logits themselves (half-prec
 a float32 scratch chunk), plus, for label smoothing only, one read for ``Σ_{i<U} logp``; the rest
 is O(N·K) gathers. The backward is ``exp`` and the row scale ``s``, in place, with the sparse
 ``-w`` scattered in between: two passes, as in plain cross-entropy; label smoothing's ``-u`` is
-one more (``fused_loss.py`` moves it to the O(N·d) side, where it is free). The logits are
+one more (``fused.py`` moves it to the O(N·d) side, where it is free). The logits are
 consumed: after the forward they hold ``log_softmax(z)`` (float32 or float64 logits), after the
 backward their own gradient. Autograd raises if another node saved them.
 """
@@ -24,11 +24,23 @@ from __future__ import annotations
 
 import torch
 
-from prefix_composer.targets import SparseTargets
+from prefix_composer.losses.rows import (
+    accumulation_dtype,
+    check_loss_inputs,
+    log_softmax_rows,
+    masked_mean,
+    new_scratch,
+    softmax_minus_sparse_,
+    sparse_loss_terms,
+    target_args,
+    target_rows,
+    valid_positions,
+)
+from prefix_composer.objectives.targets import SparseTargets
 
 # Elements per row chunk (and per scratch buffer, 128/256 MiB in float32). Few large ops beat
-# cache-sized chunks on CPU once the cores are shared: every op is an OpenMP barrier (measured
-# 2^20..2^25 on the 2-core dev box, docs/performance.md). GPU: few kernel launches.
+# cache-sized chunks on CPU once the cores are shared: every op is an OpenMP barrier (the sweep
+# is in docs/performance.md). GPU: few kernel launches.
 _CHUNK_ELEMENTS = {'cpu': 1 << 25, 'cuda': 1 << 26}
 
 
@@ -38,63 +50,15 @@ def chunk_rows(n_cols: int, device: torch.device) -> int:
     return max(1, budget // max(1, n_cols))
 
 
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for half/bfloat16/float32 logits, float64 for float64 logits."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-def target_rows(targets: SparseTargets, rows: slice) -> SparseTargets:
-    """The targets of a slice of positions."""
-    return SparseTargets(targets.ids[rows], targets.weights[rows], targets.uniform_mass, targets.uniform_count)
-
-
-def log_softmax_rows(z: torch.Tensor, gold: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``out = log_softmax(z)`` (``out`` may be ``z`` itself) and per row ``lse = z[gold] - out[gold]``.
-
-    ``lse`` comes from one column instead of a max pass; its rounding error is that of
-    ``logp[gold]``, the same as the entries of a plain ``log_softmax``.
-    """
-    z_gold = z.gather(1, gold[:, None]).to(out.dtype)
-    torch.log_softmax(z, dim=-1, dtype=out.dtype, out=out)
-    return out, (z_gold - out.gather(1, gold[:, None])).squeeze(1)
-
-
-def sparse_loss_terms(logp: torch.Tensor, targets: SparseTargets, gold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row: the sparse part of the objective ``-Σ_k w_k·logp[id_k]`` and the NLL ``-logp[gold]``."""
-    sparse = -(targets.weights.to(logp.dtype) * logp.gather(1, targets.ids)).sum(dim=-1)
-    return sparse, -logp.gather(1, gold[:, None]).squeeze(1)
-
-
-def softmax_minus_sparse_(logp: torch.Tensor, targets: SparseTargets) -> torch.Tensor:
-    """In place: ``exp(logp) - Σ_k w_k·one_hot(id_k)``, i.e. ``softmax - q`` without the uniform part."""
-    return logp.exp_().scatter_add_(1, targets.ids, -targets.weights.to(logp.dtype))
-
-
 def scale_rows(g: torch.Tensor, scale: torch.Tensor, uniform_mass: float, uniform_count: int, out: torch.Tensor) -> torch.Tensor:
     """``out = scale·(g - uniform_mass·1[i < uniform_count])`` per row (``out`` may be ``g``).
 
     One pass without a uniform part, two with it (a scalar ``sub_``, then the row ``mul``): a
-    three-operand ``addcmul`` with the per-row term broadcast measured 3x slower than ``mul`` on CPU.
+    three-operand ``addcmul`` with the per-row term broadcast was slower than ``mul`` on CPU.
     """
     if uniform_mass:
         g[:, :uniform_count].sub_(uniform_mass)
     return torch.mul(g, scale[:, None], out=out)
-
-
-def new_scratch(rows: int, n_cols: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A reusable [rows, n_cols] buffer in the accumulation dtype of ``dtype``."""
-    return torch.empty(rows, n_cols, dtype=accumulation_dtype(dtype), device=device)
-
-
-def masked_mean(values: torch.Tensor, valid: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """``Σ_t values_t`` over the valid rows, divided by their ``count``."""
-    return torch.where(valid, values, 0.0).sum() / count
-
-
-def valid_positions(labels: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``valid`` mask, their ``count`` (at least 1) and the labels with ignored positions set to id 0."""
-    valid = labels != ignore_index
-    return valid, valid.sum().clamp_min(1), labels.masked_fill(~valid, 0)
 
 
 class _SoftTargetCrossEntropy(torch.autograd.Function):
@@ -153,24 +117,4 @@ def soft_target_cross_entropy(
         targets: rows of the target table for ``labels`` (``TargetTable.lookup``), ids/weights [N, K].
     """
     check_loss_inputs(logits.shape, labels, targets)
-    return _SoftTargetCrossEntropy.apply(
-        logits,
-        labels,
-        targets.ids,
-        targets.weights,
-        float(targets.uniform_mass),
-        int(targets.uniform_count),
-        ignore_index,
-    )
-
-
-def check_loss_inputs(logits_shape: torch.Size, labels: torch.Tensor, targets: SparseTargets) -> None:
-    """Raise ``ValueError`` unless the shapes are logits [N, V], labels [N], targets [N, K] with ids < V."""
-    n_ok = len(logits_shape) == 2 and labels.shape == logits_shape[:1]
-    if not n_ok or targets.ids.shape[0] != labels.shape[0] or targets.ids.shape != targets.weights.shape:
-        raise ValueError(
-            f'Expected logits [N, V], labels [N], targets ids/weights [N, K]; got {tuple(logits_shape)}, '
-            f'{tuple(labels.shape)}, {tuple(targets.ids.shape)}/{tuple(targets.weights.shape)}.',
-        )
-    if targets.uniform_count > logits_shape[1]:
-        raise ValueError(f'uniform_count {targets.uniform_count} exceeds the {logits_shape[1]} logit columns.')
+    return _SoftTargetCrossEntropy.apply(logits, labels, *target_args(targets), ignore_index)

@@ -1,8 +1,7 @@
-"""Config loading and pre-flight checks in front of llm-foundry's ``train``.
+"""``composer train.py``'s main: load the YAML, pre-flight checks, then llm-foundry's ``train``.
 
-``run_name`` defaults to the YAML's file stem, so a preempted job restarted with the same
-command autoresumes from the same ``save_folder``. Everything that can be checked before the
-first batch is checked here or while the Trainer is built (objective arguments, model vocab).
+Everything that can be checked before the first batch is checked here or while the Trainer is
+built (objective arguments, model vocab, lm-eval tasks).
 """
 
 from __future__ import annotations
@@ -16,24 +15,11 @@ from llmfoundry.utils.builders import build_tokenizer
 from omegaconf import DictConfig
 from omegaconf import OmegaConf as om
 
-from prefix_composer.checkpoints import prepare_autoresume
+from prefix_composer.config import load_config
 from prefix_composer.data.manifest import check_run_data
+from prefix_composer.runtime.checkpoints import prepare_autoresume
 
 log = logging.getLogger(__name__)
-
-
-def load_config(yaml_path: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """The YAML merged with ``key=value`` overrides; ``run_name`` defaults to the YAML's stem."""
-    if not os.path.isfile(yaml_path):
-        raise FileNotFoundError(f'No such YAML: {yaml_path}')
-    cfg = om.load(yaml_path)
-    if overrides:
-        cfg = om.merge(cfg, om.from_cli(list(overrides)))
-    if not isinstance(cfg, DictConfig):
-        raise ValueError(f'{yaml_path} must hold a mapping at the top level.')
-    if cfg.get('run_name') is None:
-        cfg.run_name = os.path.splitext(os.path.basename(yaml_path))[0]
-    return cfg
 
 
 def preflight(cfg: DictConfig) -> None:

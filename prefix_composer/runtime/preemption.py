@@ -15,10 +15,7 @@ loop is, losing everything since the last interval checkpoint. ``GracefulPreempt
   batch after a mid-epoch resume (Composer restores RNG only at epoch starts or when it spins the
   dataloader, not when a StreamingDataset resumes itself mid-epoch).
 
-Composer's launcher installs no SIGTERM handler: as PID 1 it would ignore SIGTERM, otherwise it
-dies and orphans its ranks. ``python -m prefix_composer.preemption [composer args]`` runs the
-launcher with SIGTERM handled like Ctrl-C, which the launcher answers by sending SIGTERM to every
-rank and waiting (up to its fixed 30 s) for them; it returns their exit code.
+The launcher side (SIGTERM to the launcher, forwarded to the ranks) is ``launcher.py``.
 """
 
 from __future__ import annotations
@@ -35,7 +32,7 @@ from composer.core import Callback, Event, State
 from composer.loggers import Logger
 from composer.utils import dist, reproducibility
 
-from prefix_composer.checkpoints import AtomicCheckpointSaver
+from prefix_composer.runtime.checkpoints import AtomicCheckpointSaver
 
 log = logging.getLogger(__name__)
 
@@ -125,13 +122,3 @@ class GracefulPreemption(Callback):
                int(state.timestamp.batch), waited, self.grace_seconds)
         sys.exit(0)
 
-
-def main() -> int:
-    """Composer's launcher (same arguments as ``composer``) with SIGTERM handled like Ctrl-C."""
-    from composer.cli import launcher
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    return launcher.main()
-
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -1,9 +1,9 @@
 """Composer ``Algorithm`` that injects prefix-aware (or uniform) smoothed targets into the loss.
 
 Like Composer's ``LabelSmoothing``: at ``BEFORE_LOSS`` it puts the sparse target of every
-position (``targets.TargetTable.lookup`` of the next-token labels) into
-``state.batch['soft_targets']``, and removes it at ``AFTER_LOSS``. The table is built once,
-at ``INIT``, from the model's tokenizer. See ``targets.py`` for the math of each objective.
+position (``TargetTable.lookup`` of the next-token labels) into ``state.batch[SOFT_TARGETS_KEY]``,
+and removes it at ``AFTER_LOSS``. The table is built once, at ``INIT``, from the model's
+tokenizer. See ``objectives/targets.py`` for the math of each objective.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import time
 from composer.core import Algorithm, Event, State
 from composer.loggers import Logger
 
-from prefix_composer.model import IGNORE_INDEX, next_token_labels
-from prefix_composer.targets import ObjectiveSpec, TargetTable, build_target_table
-from prefix_composer.tokenizer import token_byte_strings
+from prefix_composer.constants import IGNORE_INDEX, SOFT_TARGETS_KEY
+from prefix_composer.objectives import ObjectiveSpec, TargetTable, build_target_table, token_byte_strings
+from prefix_composer.training.labels import next_token_labels
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +41,14 @@ class PrefixSmoothing(Algorithm):
             labels = next_token_labels(state.batch['labels']).reshape(-1)
             if self.table.ids.device != labels.device:
                 self.table = self.table.to(labels.device)
-            state.batch['soft_targets'] = self.table.lookup(labels, IGNORE_INDEX)
+            state.batch[SOFT_TARGETS_KEY] = self.table.lookup(labels, IGNORE_INDEX)
         elif event == Event.AFTER_LOSS:
-            state.batch.pop('soft_targets', None)
+            state.batch.pop(SOFT_TARGETS_KEY, None)
 
     def _build(self, state: State) -> TargetTable:
         tokenizer = getattr(state.model, 'tokenizer', None)
         if tokenizer is None:
             raise ValueError('PrefixSmoothing needs a model with a tokenizer (model: name: prefix_llama).')
-        vocab = state.model.model.config.vocab_size
-        if vocab < len(tokenizer):
-            raise ValueError(f'Model vocab_size {vocab} is smaller than the tokenizer ({len(tokenizer)} ids).')
         start = time.perf_counter()
         pieces, specials = token_byte_strings(tokenizer)
         table = build_target_table(pieces, specials, self.spec)

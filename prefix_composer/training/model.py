@@ -1,12 +1,12 @@
 """A Composer model around HF ``LlamaForCausalLM`` whose training loss takes sparse soft targets.
 
 The architecture is a ``LlamaConfig`` given in the YAML (no hub access). Training loss:
-``loss.soft_target_cross_entropy`` against the targets that the ``PrefixSmoothing`` algorithm
-puts in ``batch['soft_targets']``; without the algorithm the target is one-hot (plain CE).
+``losses.soft_target_cross_entropy`` against the targets that the ``PrefixSmoothing`` algorithm
+puts in ``batch[SOFT_TARGETS_KEY]``; without the algorithm the target is one-hot (plain CE).
 ``loss`` returns ``{'total': objective, 'nll': plain NLL}`` so Composer logs both
 (``loss/train/total``, ``loss/train/nll``). With ``loss_impl: fused`` (the default) the training
 forward stops at the final hidden states and the loss runs the (tied) LM head chunk by chunk
-(``fused_loss.py``), never materialising the [tokens x vocab] logits. Evaluation always computes
+(``losses/fused.py``), never materialising the [tokens x vocab] logits. Evaluation always computes
 full logits; its metrics are plain cross-entropy, perplexity and token accuracy for every objective.
 """
 
@@ -21,21 +21,9 @@ from llmfoundry.metrics import TokenAccuracy
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutput
 
-from prefix_composer.fused_loss import fused_linear_soft_target_cross_entropy
-from prefix_composer.loss import soft_target_cross_entropy
-from prefix_composer.targets import SparseTargets
-
-IGNORE_INDEX = -100
-
-
-def next_token_labels(labels: torch.Tensor) -> torch.Tensor:
-    """Labels aligned with the logits: position t is scored on token t+1; the last position is ignored."""
-    return torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), IGNORE_INDEX)], dim=1)
-
-
-def one_hot_targets(labels: torch.Tensor) -> SparseTargets:
-    safe = labels.masked_fill(labels == IGNORE_INDEX, 0)
-    return SparseTargets(safe[:, None], torch.ones(safe.shape + (1,), device=labels.device))
+from prefix_composer.constants import IGNORE_INDEX, SOFT_TARGETS_KEY
+from prefix_composer.losses import fused_linear_soft_target_cross_entropy, soft_target_cross_entropy
+from prefix_composer.training.labels import next_token_labels, one_hot_targets
 
 
 class PrefixLlamaForCausalLM(HuggingFaceModel):
@@ -45,7 +33,7 @@ class PrefixLlamaForCausalLM(HuggingFaceModel):
         tokenizer: the run's tokenizer (llm-foundry passes it).
         config: ``LlamaConfig`` keyword arguments (hidden_size, num_hidden_layers, vocab_size, ...).
         loss_impl: training loss path. ``fused`` (default): ``forward`` returns the final hidden
-            states and ``loss`` runs the LM head and the loss chunk by chunk (``fused_loss``), never
+            states and ``loss`` runs the LM head and the loss chunk by chunk (``losses.fused``), never
             holding the [tokens, vocab] logits. ``logits``: the HF path, full logits then
             ``soft_target_cross_entropy``. Same math; evaluation always computes full logits.
     """
@@ -84,7 +72,7 @@ class PrefixLlamaForCausalLM(HuggingFaceModel):
 
     def loss(self, outputs: CausalLMOutput, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         labels = next_token_labels(batch['labels']).reshape(-1)
-        targets = batch.get('soft_targets')
+        targets = batch.get(SOFT_TARGETS_KEY)
         if targets is None:  # no PrefixSmoothing algorithm: plain cross-entropy
             targets = one_hot_targets(labels)
         if outputs.logits is None:

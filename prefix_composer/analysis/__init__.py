@@ -1,0 +1,1 @@
+"""Analysis for the scripts (plots, tables, statistics); never imported by training."""

@@ -1,0 +1,27 @@
+"""Loading a run's YAML the llm-foundry way: the file merged with ``key=value`` overrides.
+
+``run_name`` defaults to the YAML's file stem, so a preempted job restarted with the same
+command finds its own ``save_folder`` and autoresumes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from omegaconf import DictConfig
+from omegaconf import OmegaConf as om
+
+
+def load_config(yaml_path: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """The YAML merged with ``key=value`` overrides; ``run_name`` defaults to the YAML's stem."""
+    if not os.path.isfile(yaml_path):
+        raise FileNotFoundError(f'No such YAML: {yaml_path}')
+    cfg = om.load(yaml_path)
+    if overrides:
+        cfg = om.merge(cfg, om.from_cli(list(overrides)))
+    if not isinstance(cfg, DictConfig):
+        raise ValueError(f'{yaml_path} must hold a mapping at the top level.')
+    if cfg.get('run_name') is None:
+        cfg.run_name = os.path.splitext(os.path.basename(yaml_path))[0]
+    return cfg

@@ -1,0 +1,73 @@
+"""The package's layers import one way: a module never imports a module of a higher layer.
+
+Layers, lowest first (``prefix_composer/README.md``): the shared foundation (``constants``,
+``config``, ``tokenizer``), ``objectives``, ``losses``, ``data``, ``training`` (Composer glue),
+``evaluation``, ``runtime``, ``analysis``. The objectives and losses must also import without
+Composer, llm-foundry, Streaming or lm-eval (the GPU check runs them on a machine without those).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / 'prefix_composer'
+LAYERS = ['constants', 'config', 'tokenizer', 'objectives', 'losses', 'data', 'training', 'evaluation', 'runtime', 'analysis']
+RANK = {name: (0 if name in ('constants', 'config', 'tokenizer') else LAYERS.index(name) - 2) for name in LAYERS}
+TRAINING_STACK = ('composer', 'llmfoundry', 'streaming', 'lm_eval')
+
+
+def layer_of(module: str) -> str:
+    """``prefix_composer.losses.fused`` -> ``losses``."""
+    return module.split('.')[1]
+
+
+def imported_modules(path: Path) -> list[str]:
+    """Absolute module names imported anywhere in the file (function-level imports too)."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+            names += [f'{node.module}.{alias.name}' for alias in node.names]
+    return names
+
+
+def package_modules() -> dict[str, Path]:
+    found = {}
+    for path in PACKAGE.rglob('*.py'):
+        parts = path.relative_to(PACKAGE.parent).with_suffix('').parts
+        found['.'.join(parts[:-1] if parts[-1] == '__init__' else parts)] = path
+    return found
+
+
+def test_every_module_belongs_to_a_layer():
+    modules = [m for m in package_modules() if m != 'prefix_composer']
+    assert modules and all(layer_of(m) in RANK for m in modules), sorted(m for m in modules if layer_of(m) not in RANK)
+
+
+@pytest.mark.parametrize('module, path', sorted(package_modules().items()))
+def test_imports_flow_downwards(module, path):
+    if module == 'prefix_composer':
+        return
+    here = RANK[layer_of(module)]
+    upward = [name for name in imported_modules(path) if name.startswith('prefix_composer.')
+              and name.split('.')[1] in RANK and RANK[layer_of(name)] > here]
+    assert not upward, f'{module} (layer {layer_of(module)}) imports higher layers: {upward}'
+
+
+@pytest.mark.parametrize('module, path', sorted((m, p) for m, p in package_modules().items()
+                                                if m.split('.')[1:2] in (['objectives'], ['losses'], ['constants'], ['tokenizer'])))
+def test_math_layers_import_without_the_training_stack(module, path):
+    heavy = [name for name in imported_modules(path) if name.split('.')[0] in TRAINING_STACK]
+    assert not heavy, f'{module} imports {heavy}'
+
+
+def test_the_checker_sees_an_upward_import(tmp_path):
+    bad = tmp_path / 'bad.py'
+    bad.write_text('def f():\n    from prefix_composer.training.model import PrefixLlamaForCausalLM\n')
+    assert 'prefix_composer.training.model' in imported_modules(bad)
+    assert RANK[layer_of('prefix_composer.training.model')] > RANK[layer_of('prefix_composer.losses.fused')]
