@@ -10,6 +10,7 @@ import logging
 import os
 from typing import Sequence
 
+from composer.utils import dist, get_device
 from llmfoundry.command_utils import train
 from llmfoundry.utils.builders import build_tokenizer
 from omegaconf import DictConfig
@@ -18,8 +19,19 @@ from omegaconf import OmegaConf as om
 from prefix_composer.config import load_config
 from prefix_composer.data.manifest import check_run_data
 from prefix_composer.runtime.checkpoints import prepare_autoresume
+from prefix_composer.runtime.multinode import install_node_signal_file_name
+from prefix_composer.training.model import DEFAULT_LOSS_IMPL
 
 log = logging.getLogger(__name__)
+
+
+def check_parallelism(cfg: DictConfig) -> None:
+    """Refuse FSDP with the fused loss, which reads ``lm_head.weight`` outside the model's forward,
+    where FSDP holds only this rank's shard. llm-foundry ignores ``fsdp_config`` on one rank."""
+    loss_impl = om.select(cfg, 'model.loss_impl', default=DEFAULT_LOSS_IMPL)
+    if cfg.get('fsdp_config') is not None and loss_impl == 'fused' and dist.get_world_size() > 1:
+        raise ValueError('fsdp_config is set with model.loss_impl: fused, whose LM head weight is a shard under FSDP; '
+                         'set model.loss_impl: logits (full logits, the HF loss path) or remove fsdp_config (DDP).')
 
 
 def preflight(cfg: DictConfig) -> None:
@@ -42,6 +54,11 @@ def main(argv: Sequence[str]) -> None:
         raise SystemExit('usage: composer train.py yamls/<variant>.yaml [key=value ...]')
     cfg = load_config(argv[0], argv[1:])
     configure_logging(cfg)
+    check_parallelism(cfg)
+    # With several ranks build_tokenizer (pre-flight) synchronises them, so the process group must
+    # exist first; llm-foundry's train() finds it initialised.
+    dist.initialize_dist(get_device(None), timeout=cfg.get('dist_timeout', 600.0))
+    install_node_signal_file_name()
     preflight(cfg)
     om.clear_resolver('oc.env')  # as llm-foundry's train_from_yaml
     train(cfg)

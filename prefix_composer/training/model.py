@@ -25,6 +25,8 @@ from prefix_composer.constants import IGNORE_INDEX, SOFT_TARGETS_KEY
 from prefix_composer.losses import fused_linear_soft_target_cross_entropy, soft_target_cross_entropy
 from prefix_composer.training.labels import next_token_labels, one_hot_targets
 
+DEFAULT_LOSS_IMPL = 'fused'
+
 
 class PrefixLlamaForCausalLM(HuggingFaceModel):
     """Llama-3-style causal LM for Composer; registered in llm-foundry as model ``prefix_llama``.
@@ -38,7 +40,8 @@ class PrefixLlamaForCausalLM(HuggingFaceModel):
             ``soft_target_cross_entropy``. Same math; evaluation always computes full logits.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: Mapping[str, Any], loss_impl: str = 'fused'):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: Mapping[str, Any],
+                 loss_impl: str = DEFAULT_LOSS_IMPL):
         if loss_impl not in ('fused', 'logits'):
             raise ValueError(f"model.loss_impl must be 'fused' or 'logits', got {loss_impl!r}.")
         if tokenizer is None:
@@ -65,10 +68,11 @@ class PrefixLlamaForCausalLM(HuggingFaceModel):
         input_ids = batch['input_ids']
         if self.training:
             self._check_token_ids(input_ids)
-        hidden = self.model.model(input_ids=input_ids, attention_mask=batch.get('attention_mask')).last_hidden_state
-        if self.training and self.loss_impl == 'fused':
-            return CausalLMOutput(hidden_states=hidden)  # the head runs inside the fused loss
-        return CausalLMOutput(logits=self.model.lm_head(hidden))
+        inputs = {'input_ids': input_ids, 'attention_mask': batch.get('attention_mask')}
+        if self.training and self.loss_impl == 'fused':  # the head runs inside the fused loss
+            return CausalLMOutput(hidden_states=self.model.model(**inputs).last_hidden_state)
+        # LlamaForCausalLM's own forward: under FSDP the weights are gathered only around that call
+        return CausalLMOutput(logits=self.model(**inputs).logits)
 
     def loss(self, outputs: CausalLMOutput, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         labels = next_token_labels(batch['labels']).reshape(-1)
