@@ -7,7 +7,8 @@
 # name defaults to $USER-prefix-ws (made Kubernetes-safe). The container idles (sleep infinity)
 # until you attach: `runai workspace bash <name> -p $RUNAI_PROJECT`. Same settings as
 # runai/submit_train.sh (RUNAI_PROJECT, RUNAI_IMAGE, RUNAI_PVC, RUNAI_MOUNT, RUNAI_WORKDIR,
-# RUNAI_EXTRA_ARGS, HF_TOKEN passed along if set, never printed) except the GPU count:
+# RUNAI_EXTRA_ARGS; HF_TOKEN from the secret RUNAI_HF_SECRET, none if that is empty, or in plain
+# text with RUNAI_HF_TOKEN_PLAINTEXT=1, never printed) except the GPU count:
 #   RUNAI_WS_GPUS  GPUs of the workspace                  (0: data preparation needs CPUs only)
 set -euo pipefail
 
@@ -26,6 +27,8 @@ while [[ $# -gt 0 && $1 == -* ]]; do
 done
 [[ $# -le 1 ]] || die "usage: runai/spinup_workspace.sh [--dry-run] [name]"
 
+require_runai
 common_flags "$RUNAI_WS_GPUS"
-run_runai workspace submit "$(job_name "${1:-${USER:-user}-prefix-ws}")" "${COMMON[@]}" \
+token_flags
+run_runai workspace submit "$(job_name "${1:-${USER:-user}-prefix-ws}")" "${COMMON[@]}" "${TOKEN[@]}" \
     --command -- sleep infinity

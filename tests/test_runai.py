@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import subprocess
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf as om
 
 REPO = Path(__file__).resolve().parent.parent
 SUBMIT = REPO / 'runai' / 'submit_train.sh'
 WORKSPACE = REPO / 'runai' / 'spinup_workspace.sh'
 TOKEN = 'hf_TestTokenValue123'
 SETTINGS = ('RUNAI_PROJECT', 'RUNAI_IMAGE', 'RUNAI_PVC', 'RUNAI_MOUNT', 'RUNAI_WORKDIR', 'RUNAI_GPUS', 'RUNAI_WS_GPUS',
-            'RUNAI_EXTRA_ARGS', 'HF_TOKEN')
+            'RUNAI_EXTRA_ARGS', 'RUNAI_HF_SECRET', 'RUNAI_HF_SECRET_KEY', 'RUNAI_HF_TOKEN_PLAINTEXT', 'HF_TOKEN')
+GRACE_MARGIN_S = 60  # runai/submit_train.sh's margin beyond grace_seconds
 
 
 @pytest.fixture
@@ -40,6 +43,11 @@ def recorded(fake_runai: Path) -> list[str]:
     return (fake_runai / 'argv').read_text().splitlines()
 
 
+def yaml_grace(name: str) -> int:
+    """callbacks.graceful_preemption.grace_seconds of a YAML, read here without the project's loader."""
+    return math.ceil(om.load(REPO / 'yamls' / name).callbacks.graceful_preemption.grace_seconds)
+
+
 def test_submit_records_the_training_job(fake_runai):
     proc = run(SUBMIT, ['yamls/prefix_unnorm_eps1.yaml', 'max_duration=10ba', 'eval_interval=5ba'],
                {'HF_TOKEN': TOKEN, 'RUNAI_IMAGE': 'registry.example/pc:v1'}, fake_runai / 'bin')
@@ -52,13 +60,15 @@ def test_submit_records_the_training_job(fake_runai):
     assert flags[flags.index('-p') + 1] == 'prefix-composer'
     assert flags[flags.index('--existing-pvc') + 1] == 'claimname=prefix-composer-pvc,path=/mnt'
     assert flags[flags.index('--working-dir') + 1] == '/workspace/prefix-composer'
-    assert flags[flags.index('-e') + 1] == f'HF_TOKEN={TOKEN}'  # reaches the container ...
+    assert flags[flags.index('--environment-secret') + 1] == 'HF_TOKEN=hf-token:token'  # the container's HF_TOKEN ...
+    assert '-e' not in flags
+    assert flags[flags.index('--termination-grace-period') + 1] == f'{yaml_grace("prefix_unnorm_eps1.yaml") + GRACE_MARGIN_S}s'
     assert argv[argv.index('--command'):] == [
         '--command', '--', 'python', '-m', 'prefix_composer.runtime.launcher', '-n', '8', 'train.py', 'yamls/prefix_unnorm_eps1.yaml', 'max_duration=10ba',
         'eval_interval=5ba',
     ]
-    assert TOKEN not in proc.stdout + proc.stderr  # ... but is never printed
-    assert '"HF_TOKEN=$HF_TOKEN"' in proc.stderr and 'submitted' in proc.stdout
+    assert TOKEN not in '\n'.join(argv) + proc.stdout + proc.stderr  # ... comes from the secret: the local value goes nowhere
+    assert 'submitted' in proc.stdout
 
 
 def test_settings_gpu_count_and_extra_flags(fake_runai):
@@ -80,10 +90,68 @@ def test_dry_run_prints_the_command_without_the_token_and_runs_nothing(fake_runa
     assert not (fake_runai / 'argv').exists()
     line = proc.stdout.strip()
     assert TOKEN not in proc.stdout + proc.stderr
+    assert yaml_grace('ce.yaml') == 30
     assert line == ('runai training submit ce -p prefix-composer -i prefix-composer:latest --gpu-devices-request 8 '
                     '--existing-pvc claimname=prefix-composer-pvc,path=/mnt --working-dir /workspace/prefix-composer '
-                    '-e "HF_TOKEN=$HF_TOKEN" --command -- python -m prefix_composer.runtime.launcher -n 8 train.py yamls/ce.yaml '
+                    '--environment-secret HF_TOKEN=hf-token:token --termination-grace-period 90s '
+                    '--command -- python -m prefix_composer.runtime.launcher -n 8 train.py yamls/ce.yaml '
                     'variables.run_root=/mnt/my\\ runs')
+
+
+def test_dry_run_on_two_nodes_is_a_distributed_pytorch_workload(fake_runai):
+    proc = run(SUBMIT, ['--dry-run', '--nodes', '2', 'yamls/ce.yaml'], {}, fake_runai / 'bin')
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == (
+        'runai training pytorch submit ce -p prefix-composer -i prefix-composer:latest --gpu-devices-request 8 '
+        '--existing-pvc claimname=prefix-composer-pvc,path=/mnt --working-dir /workspace/prefix-composer --workers 1 '
+        '--environment-secret HF_TOKEN=hf-token:token --termination-grace-period 90s '
+        '--command -- python -m prefix_composer.runtime.multinode -n 8 train.py yamls/ce.yaml')
+
+
+def test_nodes_are_a_master_and_workers_with_the_gpus_of_each_pod(fake_runai):
+    proc = run(SUBMIT, ['--nodes', '4', 'yamls/b000_ce.yaml', 'global_train_batch_size=32'], {'RUNAI_GPUS': '4'},
+               fake_runai / 'bin')
+    assert proc.returncode == 0, proc.stderr
+    argv = recorded(fake_runai)
+    assert argv[:4] == ['training', 'pytorch', 'submit', 'b000-ce']
+    assert argv[argv.index('--workers') + 1] == '3'  # 4 pods: the master and 3 workers
+    assert argv[argv.index('--gpu-devices-request') + 1] == '4'
+    assert argv[argv.index('--command'):] == ['--command', '--', 'python', '-m', 'prefix_composer.runtime.multinode',
+                                              '-n', '4', 'train.py', 'yamls/b000_ce.yaml', 'global_train_batch_size=32']
+
+
+@pytest.mark.parametrize('override, grace', [
+    ('callbacks.graceful_preemption.grace_seconds=120', 120),
+    ('callbacks.graceful_preemption.grace_seconds=45.5', 46),  # whole seconds, rounded up
+])
+def test_termination_grace_period_follows_the_resolved_yaml(fake_runai, override, grace):
+    proc = run(SUBMIT, ['yamls/b000_ce.yaml', override], {}, fake_runai / 'bin')
+    assert proc.returncode == 0, proc.stderr
+    argv = recorded(fake_runai)
+    assert argv[argv.index('--termination-grace-period') + 1] == f'{grace + GRACE_MARGIN_S}s'
+
+
+def test_secret_name_and_key_are_settings(fake_runai):
+    env = {'RUNAI_HF_SECRET': 'lab-hf', 'RUNAI_HF_SECRET_KEY': 'hf_token', 'HF_TOKEN': TOKEN}
+    proc = run(SUBMIT, ['yamls/ce.yaml'], env, fake_runai / 'bin')
+    assert proc.returncode == 0, proc.stderr
+    argv = recorded(fake_runai)
+    assert argv[argv.index('--environment-secret') + 1] == 'HF_TOKEN=lab-hf:hf_token'
+    assert TOKEN not in '\n'.join(argv) + proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize('dry_run', [False, True])
+def test_plaintext_token_only_on_opt_in_with_a_warning(fake_runai, dry_run):
+    args = ['--dry-run'] * dry_run + ['yamls/ce.yaml']
+    proc = run(SUBMIT, args, {'HF_TOKEN': TOKEN, 'RUNAI_HF_TOKEN_PLAINTEXT': '1'}, fake_runai / 'bin')
+    assert proc.returncode == 0, proc.stderr
+    assert 'warning: RUNAI_HF_TOKEN_PLAINTEXT=1: HF_TOKEN is stored in plain text in the workload spec' in proc.stderr
+    assert TOKEN not in proc.stdout + proc.stderr  # never printed ...
+    printed = proc.stdout if dry_run else proc.stderr
+    assert '-e "HF_TOKEN=$HF_TOKEN"' in printed and '--environment-secret' not in printed
+    if not dry_run:
+        argv = recorded(fake_runai)
+        assert argv[argv.index('-e') + 1] == f'HF_TOKEN={TOKEN}'  # ... but reaches the container
 
 
 def test_run_name_override_names_the_job_and_absolute_yaml_paths_become_relative(fake_runai):
@@ -104,7 +172,14 @@ def test_long_names_are_cut_to_63_kubernetes_safe_characters(fake_runai):
 
 @pytest.mark.parametrize('args, env, message', [
     (['yamls/missing.yaml'], {'HF_TOKEN': TOKEN}, 'no such YAML: yamls/missing.yaml'),
-    (['yamls/ce.yaml'], {}, "tokenizer 'meta-llama/Meta-Llama-3-8B' comes from the Hugging Face hub (gated): export HF_TOKEN"),
+    (['yamls/ce.yaml'], {'RUNAI_HF_SECRET': ''},
+     "tokenizer 'meta-llama/Meta-Llama-3-8B' comes from the Hugging Face hub (gated): set RUNAI_HF_SECRET"),
+    (['yamls/ce.yaml'], {'RUNAI_HF_TOKEN_PLAINTEXT': '1'}, 'RUNAI_HF_TOKEN_PLAINTEXT=1 passes $HF_TOKEN, which is not set'),
+    (['--nodes', '3', 'yamls/ce.yaml'], {},
+     'global_train_batch_size=256 is not divisible by 3 node(s) x 8 GPUs = 24 processes'),
+    (['--nodes', '0', 'yamls/ce.yaml'], {}, "--nodes must be a positive integer, got '0'"),
+    (['yamls/ce.yaml', 'callbacks.graceful_preemption=null'], {},
+     'yamls/ce.yaml has no callbacks.graceful_preemption.grace_seconds'),
     (['yamls/ce.yaml', 'max_duration'], {'HF_TOKEN': TOKEN}, "override 'max_duration' is not key=value"),
     (['--dryrun', 'yamls/ce.yaml'], {'HF_TOKEN': TOKEN}, 'unknown option --dryrun'),
     (['yamls/ce.yaml'], {'HF_TOKEN': TOKEN, 'RUNAI_GPUS': 'eight'}, "RUNAI_GPUS must be a positive integer, got 'eight'"),
@@ -120,7 +195,8 @@ def test_bad_input_fails_clearly_before_submitting(fake_runai, args, env, messag
 def test_offline_tokenizer_needs_no_token(fake_runai):
     proc = run(SUBMIT, ['yamls/ce.yaml', 'tokenizer.name=llama3_packaged'], {}, fake_runai / 'bin')
     assert proc.returncode == 0, proc.stderr
-    assert not any(a.startswith('HF_TOKEN') for a in recorded(fake_runai))
+    argv = recorded(fake_runai)
+    assert not any('HF_TOKEN' in a for a in argv) and '--environment-secret' not in argv
 
 
 def test_missing_runai_cli_is_a_clear_error(tmp_path):
@@ -139,7 +215,8 @@ def test_workspace_uses_the_same_image_and_volume(fake_runai):
     assert argv[argv.index('--existing-pvc') + 1] == 'claimname=lab-pvc,path=/mnt'
     assert argv[argv.index('--gpu-devices-request') + 1] == '0'
     assert argv[argv.index('--command'):] == ['--command', '--', 'sleep', 'infinity']
-    assert TOKEN not in proc.stdout + proc.stderr
+    assert argv[argv.index('--environment-secret') + 1] == 'HF_TOKEN=hf-token:token'  # data preparation tokenizes
+    assert TOKEN not in '\n'.join(argv) + proc.stdout + proc.stderr
 
 
 def test_workspace_dry_run_default_name(fake_runai):
