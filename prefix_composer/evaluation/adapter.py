@@ -19,6 +19,12 @@ result), so a model whose forward itself needs all ranks (FSDP) cannot hang.
 lm-eval's evaluator sees ``rank 0 / world size 1`` on every rank (``HFLM``'s behaviour for a model
 instance): every rank builds all requests, receives all scores, and computes the same metrics.
 
+BOS, as in training (every packed document starts with ``<|begin_of_text|>``): the tokenizer never
+adds special tokens itself (``add_bos_token=False``, so the hub Llama-3 tokenizer's post-processor
+is off and the packaged one, which has none, behaves the same), and every scored context gets
+exactly one ``bos_token_id`` in front: a (context, continuation) pair's context ids, the empty
+context (``HFLM``'s ``prefix_token_id``), the first rolling window, and each generation prompt.
+
 Only ``loglikelihood`` (multiple-choice tasks: hellaswag, piqa, winogrande, arc, CharBench) is
 sharded. ``loglikelihood_rolling`` and ``generate_until`` are ``HFLM``'s: correct on any number of
 ranks, but their work is not divided (rolling windows run on rank 0 chunk by chunk).
@@ -82,13 +88,37 @@ class ShardedHFLM(HFLM):
         batch_size: int,
         mixed_precision_dtype: Optional[torch.dtype] = None,
     ):
+        if tokenizer.bos_token_id is None:
+            raise ValueError(
+                f'lm_eval: the tokenizer ({type(tokenizer).__name__}) has no bos_token, but every evaluation context '
+                'starts with BOS as every training document does; set tokenizer.kwargs.bos_token.',
+            )
         super().__init__(
             pretrained=model,
             tokenizer=copy.deepcopy(tokenizer),
             backend='causal',
             batch_size=check_batch_size(batch_size),
             mixed_precision_dtype=mixed_precision_dtype,
+            add_bos_token=False,
+            prefix_token_id=tokenizer.bos_token_id,
         )
+
+    def with_bos(self, ids: list[int]) -> list[int]:
+        """``ids`` with exactly one leading BOS (already there when the text itself starts with the BOS token)."""
+        bos = self.tokenizer.bos_token_id
+        return ids if ids[:1] == [bos] else [bos, *ids]
+
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """``HFLM``'s split of ``context + continuation`` into ids, BOS in front of the context."""
+        context_ids, continuation_ids = super()._encode_pair(context, continuation)
+        return self.with_bos(context_ids), continuation_ids
+
+    def tok_batch_encode(self, strings: list[str], padding_side: str = 'left', left_truncate_len: Optional[int] = None,
+                         truncation: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Generation prompts: ``HFLM``'s batch encoding of each string with the BOS text in front once."""
+        bos = self.tokenizer.bos_token
+        return super().tok_batch_encode([s if s.startswith(bos) else bos + s for s in strings], padding_side,
+                                        left_truncate_len, truncation)
 
     def _loglikelihood_tokens(
         self,
