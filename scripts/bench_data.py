@@ -12,7 +12,7 @@ raw shards, then times, in this one invocation:
 
 All runs use the same tokenizer (``llama3_packaged``) with ``TOKENIZERS_PARALLELISM=false``
 (llm-foundry sets it), so every process tokenises on one thread. tokens/s counts the tokens of
-the corpus (create_mds's manifest: ids + one EOS per document). ``CPU s`` is the CPU time of
+the corpus (create_mds's manifest: BOS + ids + EOS per document). ``CPU s`` is the CPU time of
 this process and its workers: on a busy machine, where other jobs take cores, wall-clock ratios
 understate the speed-up, and the CPU column shows what the work itself costs. The outputs of
 all worker counts are checked to be byte-identical.
@@ -65,8 +65,8 @@ def run_baseline(tokenizer, raw_dir: str, raw: RawManifest, out: str, seq_len: i
     from llmfoundry.data import ConcatTokensDataset
 
     documents = ({'text': to_ascii(t)} for batch in iter_raw_texts(raw_dir, raw, 1000) for t in batch)
-    dataset = ConcatTokensDataset(hf_dataset=documents, tokenizer=tokenizer, max_length=seq_len, bos_text='',
-                                  eos_text=tokenizer.eos_token, no_wrap=False)
+    dataset = ConcatTokensDataset(hf_dataset=documents, tokenizer=tokenizer, max_length=seq_len,
+                                  bos_text=tokenizer.bos_token, eos_text=tokenizer.eos_token, no_wrap=False)
     sequences = 0
     with MDSWriter(out=out, columns=COLUMNS) as writer:
         for sample in dataset:
@@ -129,7 +129,7 @@ def main() -> None:
             shutil.rmtree(out.mds_dir)
 
         base = timings[0][1]
-        print(f'\n{tokens:,} tokens (ids + EOS per document), sequences of {args.seq_len}')
+        print(f'\n{tokens:,} tokens (BOS + ids + EOS per document), sequences of {args.seq_len}')
         print(f'{"run":<56} {"wall s":>8} {"tokens/s":>12} {"MB/s":>7} {"vs baseline":>11} {"CPU s":>8}')
         for name, wall, cpu in timings:
             print(f'{name:<56} {wall:>8.1f} {tokens / wall:>12,.0f} {args.mb / wall:>7.2f} {base / wall:>10.2f}x '

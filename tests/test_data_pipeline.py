@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
+import json
 import logging
 import os
 import subprocess
@@ -60,7 +61,7 @@ def run_config(corpus, mds_name: str, max_seq_len: int = SEQ, val_tokens: int = 
 
 
 def expected_split_ids(docs: list[str], val_tokens: int) -> tuple[list[int], list[int], int]:
-    """Independent reference: HF tokenizer per document, EOS after each non-empty one, val-first rule."""
+    """Independent reference: HF tokenizer per document, each non-empty one as BOS ids EOS, val-first rule."""
     tok = h.tokenizer()
     val, train, empty = [], [], 0
     for doc in docs:
@@ -68,7 +69,8 @@ def expected_split_ids(docs: list[str], val_tokens: int) -> tuple[list[int], lis
         if not text:
             empty += 1
             continue
-        ids = tok(text, add_special_tokens=False, split_special_tokens=True)['input_ids'] + [tok.eos_token_id]
+        plain = tok(text, add_special_tokens=False, split_special_tokens=True)['input_ids']
+        ids = [tok.bos_token_id, *plain, tok.eos_token_id]
         (val if len(val) < val_tokens and not train else train).extend(ids)
     return val, train, empty
 
@@ -118,17 +120,19 @@ def test_packed_sequences_reproduce_normalised_documents(corpus):
     docs = corpus['docs'][:corpus['raw'].documents]
     val_ref, train_ref, empty = expected_split_ids(docs, VAL_TOKENS)
     assert empty == 4 and manifest['documents'] == {'read': len(docs), 'empty_after_ascii': empty}
-    tok, eos = h.tokenizer(), h.tokenizer().eos_token_id
+    tok, bos, eos = h.tokenizer(), h.tokenizer().bos_token_id, h.tokenizer().eos_token_id
     assert eos not in tok(h.SPELLED_EOS, add_special_tokens=False, split_special_tokens=True)['input_ids']
+    assert manifest['config']['tokenizer']['bos_token_id'] == bos == 128000
     for split, ref in (('val', val_ref), ('train', train_ref)):
         stats = manifest['splits'][split]
         got = split_ids(run.mds_dir, split, SEQ)
         assert stats['tokens'] == len(ref) and stats['sequences'] == len(ref) // SEQ == len(got) // SEQ
         assert stats['dropped_tail_tokens'] == len(ref) - len(got) < SEQ
         assert got.tolist() == ref[:len(got)]
-        assert stats['documents'] == ref.count(eos)
-        # decode(concat of sequences) + the dropped tail == the split's normalised documents joined by EOS
-        text = ''.join(to_ascii(d) + tok.eos_token for d in docs if to_ascii(d))
+        assert stats['documents'] == ref.count(bos) == ref.count(eos)
+        assert split != 'val' or got[0] == bos  # the first sequence starts a document
+        # decode(concat of sequences) + the dropped tail == the split's normalised documents, each BOS text EOS
+        text = ''.join(tok.bos_token + to_ascii(d) + tok.eos_token for d in docs if to_ascii(d))
         decoded = tok.decode(got.tolist() + ref[len(got):], clean_up_tokenization_spaces=False)
         assert decoded == (text[:len(decoded)] if split == 'val' else text[-len(decoded):])
     assert manifest['splits']['val']['tokens'] >= VAL_TOKENS
@@ -277,6 +281,28 @@ def test_check_run_data_against_manifest(corpus, caplog):
     assert sum('has no manifest.json' in r.getMessage() for r in caplog.records) == 2
     with pytest.raises(FileNotFoundError, match='create_mds.py'):
         check_run_data(load_config(h.SMOKE_YAML, [f'variables.data.mds_dir={no_manifest}/missing']), tok)
+
+
+def test_data_of_the_previous_format_is_refused_with_a_rebuild_message(corpus):
+    """Format 1 (documents as ids EOS, no BOS) can neither train nor be taken as already built."""
+    run = run_config(corpus, 'mds_format1')
+    create_mds(run, workers=1, progress=False)
+    path = os.path.join(run.mds_dir, 'manifest.json')
+    with open(path) as f:
+        old = json.load(f)
+    old['format'] = 'prefix_composer.mds/1'
+    del old['config']['tokenizer']['bos_token_id']
+    with open(path, 'w') as f:
+        json.dump(old, f)
+    cfg = load_config(h.SMOKE_YAML, [f'variables.data.mds_dir={run.mds_dir}', f'max_seq_len={SEQ}'])
+    message = r"format 'prefix_composer.mds/1', but this code reads 'prefix_composer.mds/2'.*BOS.*create_mds.py.*--overwrite"
+    with pytest.raises(ValueError, match=message):
+        check_run_data(cfg, h.tokenizer())
+    with pytest.raises(ValueError, match=message):
+        create_mds(run, workers=1, progress=False)
+    rebuilt = create_mds(run, workers=1, overwrite=True, progress=False)
+    assert rebuilt['format'] == 'prefix_composer.mds/2'
+    check_run_data(cfg, h.tokenizer())
 
 
 def test_produced_mds_trains_with_composer(corpus):

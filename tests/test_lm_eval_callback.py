@@ -68,9 +68,9 @@ def test_winogrande_debiased_is_lm_evals_winogrande_on_the_debiased_config():
 
 
 def continuation_logprob(model, tokenizer, context: str, continuation: str) -> float:
-    """Sum of log p(continuation tokens | context), tokenised as lm-eval does (whole string, then split)."""
-    context_ids = tokenizer(context).input_ids
-    whole = tokenizer(context + continuation).input_ids
+    """Sum of log p(continuation tokens | BOS + context), tokenised as lm-eval does (whole string, then split)."""
+    context_ids = [tokenizer.bos_token_id] + tokenizer(context, add_special_tokens=False).input_ids
+    whole = [tokenizer.bos_token_id] + tokenizer(context + continuation, add_special_tokens=False).input_ids
     with torch.no_grad():
         logprobs = torch.log_softmax(model(torch.tensor([whole[:-1]])).logits[0], dim=-1)
     return sum(float(logprobs[i - 1, whole[i]]) for i in range(len(context_ids), len(whole)))

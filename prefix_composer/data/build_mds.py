@@ -56,12 +56,14 @@ def read_input(run: DataRunConfig) -> RawManifest:
 
 def output_config(run: DataRunConfig, tokenizer, raw: RawManifest, compression: Optional[str]) -> dict:
     """The manifest's ``config``: everything the MDS content depends on."""
-    if tokenizer.eos_token_id is None:
-        raise ValueError(f'Tokenizer {run.tokenizer_name} has no EOS token to separate documents.')
+    for role in ('bos', 'eos'):
+        if getattr(tokenizer, f'{role}_token_id') is None:
+            raise ValueError(f'Tokenizer {run.tokenizer_name} has no {role}_token: every document is framed as '
+                             f'BOS ids EOS; set tokenizer.kwargs.{role}_token in {run.yaml_path}.')
     return {
         'tokenizer': {'name': run.tokenizer_name, 'kwargs': run.tokenizer_kwargs,
-                      'content_sha256': tokenizer_content_hash(tokenizer), 'eos_token_id': tokenizer.eos_token_id,
-                      'add_special_tokens': False, 'split_special_tokens': True},
+                      'content_sha256': tokenizer_content_hash(tokenizer), 'bos_token_id': tokenizer.bos_token_id,
+                      'eos_token_id': tokenizer.eos_token_id, 'add_special_tokens': False, 'split_special_tokens': True},
         'max_seq_len': run.max_seq_len,
         'ascii_rule': ASCII_RULE,
         'val_tokens': run.val_tokens,
@@ -98,7 +100,8 @@ def _write_splits(run: DataRunConfig, tokenizer, raw: RawManifest, out_dir: str,
     bar = DocTokenProgress('create_mds', total_docs=raw.documents, disable=not progress)
     read = empty = 0
     batches = ordered_bounded_map(tokenize_batch, iter_raw_texts(run.raw_dir, raw, batch_docs), workers,
-                                  load_worker_tokenizer, (tokenizer.backend_tokenizer.to_str(), tokenizer.eos_token_id))
+                                  load_worker_tokenizer,
+                                  (tokenizer.backend_tokenizer.to_str(), tokenizer.bos_token_id, tokenizer.eos_token_id))
     for batch in batches:
         router.add(batch)
         read += batch.documents

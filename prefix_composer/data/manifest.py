@@ -2,8 +2,8 @@
 
 ``<mds_dir>/manifest.json`` (written last by ``create_mds``)::
 
-    format:    "prefix_composer.mds/1"
-    config:    everything the content depends on: tokenizer {name, kwargs, content_sha256,
+    format:    "prefix_composer.mds/2" (every document framed as BOS ids EOS; format 1 had no BOS)
+    config:    everything the content depends on: tokenizer {name, kwargs, content_sha256, bos_token_id,
                eos_token_id, add_special_tokens, split_special_tokens}, max_seq_len, ascii_rule,
                val_tokens, columns, compression, source {raw_dir, raw_manifest_sha256, documents, raw_source}
     splits:    {<split>: {documents, tokens, sequences, dropped_tail_tokens}}
@@ -25,7 +25,7 @@ from prefix_composer.data.tokenizer_hash import tokenizer_content_hash
 
 log = logging.getLogger(__name__)
 
-MDS_FORMAT = 'prefix_composer.mds/1'
+MDS_FORMAT = 'prefix_composer.mds/2'
 MANIFEST_NAME = 'manifest.json'
 COLUMNS = {'tokens': 'ndarray:int32'}  # what llm-foundry's `text` loader reads
 
@@ -41,7 +41,11 @@ def read_mds_manifest(mds_dir: str) -> Optional[dict]:
         return None
     manifest = read_json(path, 'MDS manifest')
     if manifest.get('format') != MDS_FORMAT:
-        raise ValueError(f'{path} is not an MDS manifest of format {MDS_FORMAT} (got {manifest.get("format")!r}).')
+        raise ValueError(
+            f'{path} has format {manifest.get("format")!r}, but this code reads {MDS_FORMAT!r}, whose documents are '
+            'framed as BOS ids EOS (format prefix_composer.mds/1 had no BOS). Rebuild the data: '
+            'scripts/create_mds.py --run-config <the run YAML> --overwrite.',
+        )
     return manifest
 
 

@@ -1,11 +1,13 @@
 """Pack a token stream into fixed-length sequences, routing whole documents to val then train.
 
-Per split the stream is ``ids(doc_1) + [eos] + ids(doc_2) + [eos] + ...`` in document order, cut
-into consecutive sequences of exactly ``seq_len`` tokens; the final partial sequence is dropped
-and its length reported (``dropped_tail_tokens``), so ``tokens = sequences * seq_len + dropped``.
+Per split the stream is ``[bos] + ids(doc_1) + [eos] + [bos] + ids(doc_2) + [eos] + ...`` in
+document order, cut into consecutive sequences of exactly ``seq_len`` tokens; the final partial
+sequence is dropped and its length reported (``dropped_tail_tokens``), so
+``tokens = sequences * seq_len + dropped``.
 
 Split rule: documents go to val, in stream order, while val holds fewer than ``val_tokens`` tokens
-(EOS included); the document that reaches ``val_tokens`` is val's last, all later ones are train.
+(BOS and EOS included); the document that reaches ``val_tokens`` is val's last, all later ones are
+train.
 """
 
 from __future__ import annotations

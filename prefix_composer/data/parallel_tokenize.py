@@ -2,10 +2,11 @@
 
 Each worker rebuilds the run's tokenizer from its serialized backend (``backend_tokenizer.to_str()``,
 the exact string ``tokenizer_content_hash`` hashes) and encodes whole batches with one Rust call
-(``encode_batch_fast``, no offsets). Token ids equal
-``tokenizer(to_ascii(text), add_special_tokens=False, split_special_tokens=True)['input_ids']``:
-no BOS, and text that merely spells a special token (``"<|end_of_text|>"`` inside a web page) is
-tokenised as text, so the only EOS ids in the data are the document separators added here.
+(``encode_batch_fast``, no offsets). Each kept document becomes ``[bos] + ids + [eos]`` with ``ids =
+tokenizer(to_ascii(text), add_special_tokens=False, split_special_tokens=True)['input_ids']``:
+the backend's post-processor never runs (the hub Llama-3 tokenizer's would add a second BOS), and
+text that merely spells a special token (``"<|begin_of_text|>"`` inside a web page) is tokenised
+as text, so the only BOS and EOS ids in the data are the document boundaries added here.
 
 Workers are forked with ``TOKENIZERS_PARALLELISM=false`` (also what llm-foundry's
 ``build_tokenizer`` sets): one thread per worker, parallelism comes from processes only.
@@ -26,15 +27,15 @@ from tokenizers import Tokenizer
 from prefix_composer.data.ascii_text import to_ascii
 
 _worker_tokenizer: Optional[Tokenizer] = None
-_worker_eos_id: Optional[int] = None
+_worker_bos_eos: Optional[tuple[int, int]] = None
 
 
 @dataclass
 class TokenizedBatch:
     """One batch of documents after normalisation and tokenisation.
 
-    ``ids`` is ``concat(ids(doc) + [eos])`` over the batch's documents that are non-empty after
-    the ASCII rule, ``doc_tokens`` the length of each of those pieces (EOS included).
+    ``ids`` is ``concat([bos] + ids(doc) + [eos])`` over the batch's documents that are non-empty
+    after the ASCII rule, ``doc_tokens`` the length of each of those pieces (BOS and EOS included).
     """
 
     ids: np.ndarray  # int32
@@ -43,28 +44,30 @@ class TokenizedBatch:
     empty: int  # documents empty after the ASCII rule (dropped)
 
 
-def load_worker_tokenizer(tokenizer_json: str, eos_id: int) -> None:
+def load_worker_tokenizer(tokenizer_json: str, bos_id: int, eos_id: int) -> None:
     """Pool initializer: the backend tokenizer without truncation/padding, special-token text split."""
-    global _worker_tokenizer, _worker_eos_id
+    global _worker_tokenizer, _worker_bos_eos
     tokenizer = Tokenizer.from_str(tokenizer_json)
     tokenizer.no_truncation()
     tokenizer.no_padding()
     tokenizer.encode_special_tokens = True
-    _worker_tokenizer, _worker_eos_id = tokenizer, eos_id
+    _worker_tokenizer, _worker_bos_eos = tokenizer, (bos_id, eos_id)
 
 
 def tokenize_batch(texts: list[str]) -> TokenizedBatch:
-    """Apply the ASCII rule, drop empty documents, encode the rest and append EOS to each."""
-    if _worker_tokenizer is None or _worker_eos_id is None:
+    """Apply the ASCII rule, drop empty documents, encode the rest and frame each as BOS ids EOS."""
+    if _worker_tokenizer is None or _worker_bos_eos is None:
         raise RuntimeError('tokenize_batch runs in a worker set up by load_worker_tokenizer.')
+    bos_id, eos_id = _worker_bos_eos
     kept = [t for t in map(to_ascii, texts) if t]
     encodings = _worker_tokenizer.encode_batch_fast(kept, add_special_tokens=False)
-    doc_tokens = np.fromiter((len(e.ids) + 1 for e in encodings), dtype=np.int64, count=len(encodings))
+    doc_tokens = np.fromiter((len(e.ids) + 2 for e in encodings), dtype=np.int64, count=len(encodings))
     ids = np.empty(int(doc_tokens.sum()), dtype=np.int32)
     start = 0
     for encoding, length in zip(encodings, doc_tokens.tolist()):
-        ids[start:start + length - 1] = encoding.ids
-        ids[start + length - 1] = _worker_eos_id
+        ids[start] = bos_id
+        ids[start + 1:start + length - 1] = encoding.ids
+        ids[start + length - 1] = eos_id
         start += length
     return TokenizedBatch(ids=ids, doc_tokens=doc_tokens, documents=len(texts), empty=len(texts) - len(kept))
 

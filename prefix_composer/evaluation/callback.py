@@ -12,13 +12,18 @@ YAML (registered in llm-foundry's callbacks registry as ``lm_eval``)::
 
 Every metric is logged as ``metrics/lm_eval/<task>/<metric>``; the CSV logger writes them as one
 row with phase ``lm_eval``. See ``harness.py`` for what an evaluation leaves untouched.
+
+Preemption: ``graceful_preemption`` calls ``stop_when``; an evaluation then stops before its next
+forward batch once all ranks agree to stop, logs nothing, and records its batch in the callback's
+checkpoint state (the checkpoint of that very batch is saved next, at ``BATCH_CHECKPOINT``). After
+the restart the evaluation of that batch runs again at ``FIT_START``, before any training.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 from composer.core import Callback, Event, Precision, State
 from composer.loggers import Logger
@@ -26,7 +31,7 @@ from composer.utils import create_interval_scheduler
 from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from prefix_composer.evaluation.adapter import check_batch_size
+from prefix_composer.evaluation.adapter import EvaluationInterrupted, check_batch_size
 from prefix_composer.evaluation.harness import AUTOCAST_DTYPES, METRIC_PREFIX, evaluate_lm
 from prefix_composer.evaluation.tasks import build_task_manager, check_tasks
 
@@ -98,14 +103,34 @@ class LMEvalCallback(Callback):
             'lm_eval: %d tasks ready (%d documents, limit %s) in %.1f s.',
             len(docs), sum(docs.values()), limit, time.perf_counter() - start,
         )
+        self.stop_agreed: Optional[Callable[[State], bool]] = None
+        self.interrupted_batch: Optional[int] = None  # checkpointed: an evaluation preemption cut short
+
+    def stop_when(self, agreed: Callable[[State], bool]) -> None:
+        """Ask the collective ``agreed(state)`` before every forward batch; True stops the evaluation."""
+        self.stop_agreed = agreed
 
     def fit_start(self, state: State, logger: Logger) -> None:
         unwrap_hf_model(state)  # a model the callback cannot evaluate fails before batch 1
+        if self.interrupted_batch is not None:
+            log.info('lm_eval: running the evaluation of batch %d again (preempted while it ran).', self.interrupted_batch)
+            self.evaluate_unless_preempted(state, logger)
 
     def run_event(self, event: Event, state: State, logger: Logger) -> None:
         super().run_event(event, state, logger)
         if event in (Event.BATCH_END, Event.FIT_END) and self.should_run(state, event):
+            self.evaluate_unless_preempted(state, logger)
+
+    def evaluate_unless_preempted(self, state: State, logger: Logger) -> None:
+        """``evaluate``; if preemption stops it, remember its batch (checkpointed) to run it after the restart."""
+        batch = int(state.timestamp.batch)
+        try:
             self.evaluate(state, logger)
+        except EvaluationInterrupted as interrupted:
+            self.interrupted_batch = batch
+            log.warning('lm_eval at batch %d: preempted, %s; it runs again after the restart.', batch, interrupted)
+            return
+        self.interrupted_batch = None
 
     def evaluate(self, state: State, logger: Logger) -> dict[str, float]:
         model, tokenizer = unwrap_hf_model(state)
@@ -120,6 +145,13 @@ class LMEvalCallback(Callback):
             bootstrap_iters=self.bootstrap_iters,
             fewshot_random_seed=self.fewshot_random_seed,
             mixed_precision_dtype=AUTOCAST_DTYPES[Precision(state.precision)],
+            should_stop=None if self.stop_agreed is None else lambda: self.stop_agreed(state),
         )
         logger.log_metrics({f'{METRIC_PREFIX}/{name}': value for name, value in metrics.items()})
         return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {'interrupted_batch': self.interrupted_batch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.interrupted_batch = state.get('interrupted_batch')  # {} in checkpoints from before this state existed

@@ -21,7 +21,7 @@ import logging
 import numbers
 import random
 import time
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -100,16 +100,20 @@ def evaluate_lm(
     bootstrap_iters: int = 1000,
     fewshot_random_seed: int = 1234,
     mixed_precision_dtype: Optional[torch.dtype] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
 ) -> dict[str, float]:
     """Run lm-eval on ``model`` in place; the same ``flatten_metrics`` dict on every rank.
 
     Collective when ``torch.distributed`` is initialised: every rank must call it with the same
     arguments. ``bootstrap_iters`` only matters for bootstrapped metrics (perplexity, f1, ...):
     ``acc``/``acc_norm`` stderr is closed form; it must be > 0 or lm-eval reports stderr as 'N/A'.
+    ``should_stop`` (a collective) is asked while tokenising and before every forward batch; when
+    it says stop, ``EvaluationInterrupted`` propagates, with RNG states and train modes restored.
     """
     start = time.perf_counter()
     with preserved_rng_state(), preserved_train_modes(model):
-        lm = ShardedHFLM(model, tokenizer, batch_size=batch_size, mixed_precision_dtype=mixed_precision_dtype)
+        lm = ShardedHFLM(model, tokenizer, batch_size=batch_size, mixed_precision_dtype=mixed_precision_dtype,
+                         should_stop=should_stop)
         results = simple_evaluate(
             model=lm,
             tasks=list(tasks),

@@ -10,6 +10,12 @@ loop is, losing everything since the last interval checkpoint. ``GracefulPreempt
   same batch; if set, it saves this batch's checkpoint through the Trainer's saver (unless the
   interval save already did), logs the time since the signal (warning above ``grace_seconds``),
   and exits 0 at the next event, after the loggers have flushed this batch's rows;
+* makes every ``lm_eval`` callback ask the same all-reduced flag while tokenising and before each
+  forward batch (``LMEvalCallback.stop_when``), so a long evaluation at ``BATCH_END`` stops within
+  one forward batch of the signal; its batch is checkpointed as above and the evaluation runs
+  again after the restart;
+* before the first batch of the process (start-up, or an interrupted evaluation run again at
+  ``FIT_START``) checks the flag once more and exits 0 with nothing new to save;
 * makes the Trainer's ``CheckpointSaver`` an ``AtomicCheckpointSaver`` (see ``checkpoints.py``);
 * carries the RNG states of all ranks in its checkpoint state and restores them before the first
   batch after a mid-epoch resume (Composer restores RNG only at epoch starts or when it spins the
@@ -32,6 +38,7 @@ from composer.core import Callback, Event, State
 from composer.loggers import Logger
 from composer.utils import dist, reproducibility
 
+from prefix_composer.evaluation.callback import LMEvalCallback
 from prefix_composer.runtime.checkpoints import AtomicCheckpointSaver
 
 log = logging.getLogger(__name__)
@@ -54,6 +61,7 @@ class GracefulPreemption(Callback):
         self.saver: Optional[CheckpointSaver] = None
         self.previous_handler: Any = None
         self.exit_pending = False
+        self.first_batch_started = False
         self.resumed_rng: Optional[list[dict[str, Any]]] = None
 
     def on_sigterm(self, signum: int, frame: Any) -> None:
@@ -74,19 +82,26 @@ class GracefulPreemption(Callback):
             if type(saver) is CheckpointSaver:
                 saver.__class__ = AtomicCheckpointSaver  # same object the Trainer holds, atomic saves
         self.saver = savers[0]
+        for callback in state.callbacks:
+            if isinstance(callback, LMEvalCallback):
+                callback.stop_when(self.stop_agreed)
         self.previous_handler = signal.signal(signal.SIGTERM, self.on_sigterm)
 
     def fit_start(self, state: State, logger: Logger) -> None:
         composer_restores_rng = int(state.timestamp.batch_in_epoch) == 0 or 'train' not in state.dataset_resumption
         if composer_restores_rng:
             self.resumed_rng = None
-        if self.stop_agreed(state):  # SIGTERM during start-up: nothing new to save
-            self.exit(state)
 
     def after_dataloader(self, state: State, logger: Logger) -> None:
         if self.resumed_rng is not None:
             reproducibility.load_rng_state(self.resumed_rng)
             self.resumed_rng = None
+
+    def batch_start(self, state: State, logger: Logger) -> None:
+        if not self.first_batch_started:
+            self.first_batch_started = True
+            if self.stop_agreed(state):  # SIGTERM during start-up or FIT_START's evaluation: nothing new to save
+                self.exit(state)
 
     def batch_checkpoint(self, state: State, logger: Logger) -> None:
         if not self.stop_agreed(state):
