@@ -163,7 +163,7 @@ def test_startup_check_fails_fast_naming_the_task_and_the_fix(local_tasks, tmp_p
         'dataset_path: prefix-composer-tests/not-in-any-cache\n',
     )
     with pytest.raises(ValueError, match=r"lm_eval task 'hub_task': its dataset could not be loaded .*HF_DATASETS_CACHE.*"
-                                         r"python -m prefix_composer\.lm_eval_tasks hub_task"):
+                                         r"python -m prefix_composer\.evaluation\.tasks hub_task"):
         build_callback('lm_eval', {'tasks': ['hub_task'], 'include_path': [str(hub)]})
 
     with pytest.raises(ValueError, match=r"requested twice \(in 'charbench' and 'charbench_single'\)"):
