@@ -19,7 +19,7 @@ import sys
 
 import pytest
 import torch
-from test_preemption import RUN_TIMEOUT_S, tensors
+from test_preemption import RUN_TIMEOUT_S, assert_equal_states
 
 from prefix_composer.config import load_config
 from prefix_composer.runtime import launch
@@ -124,15 +124,7 @@ def test_two_pods_train_as_one_node_with_two_processes(tmp_path, tiny_mds, priva
 
     got, want = final_state(two_pods), final_state(one_node)
     assert len(got['rng']) == len(want['rng']) == 2  # one RNG state per rank: a world of 2 in both runs
-    compared = 0
-    for key in ('model', 'optimizers'):
-        flat_got, flat_want = tensors(got['state'][key]), tensors(want['state'][key])
-        assert flat_got.keys() == flat_want.keys(), key
-        for path, value in flat_want.items():
-            if isinstance(value, torch.Tensor):
-                assert torch.equal(flat_got[path], value), f'{key}{path} differs'
-                compared += 1
-    assert compared > 20  # every weight and AdamW moment
+    assert assert_equal_states(got, want, ('model', 'optimizers')) > 20  # every weight and AdamW moment
     pods_data, node_data = got['state']['dataset_state']['train'], want['state']['dataset_state']['train']
     assert (pods_data['initial_physical_nodes'], node_data['initial_physical_nodes']) == (2, 1)  # Streaming saw 2 hosts
     assert pods_data['sample_in_epoch'] == node_data['sample_in_epoch'] == BATCHES * 4  # the YAML's global batch

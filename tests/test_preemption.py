@@ -120,11 +120,11 @@ def tensors(obj, prefix=''):
     return {prefix: obj}
 
 
-def assert_same_final_state(run_root, reference_root):
-    got = torch.load(ckpt(run_root, MAX_BATCHES), map_location='cpu', weights_only=False)
-    want = torch.load(ckpt(reference_root, MAX_BATCHES), map_location='cpu', weights_only=False)
+def assert_equal_states(got, want, keys) -> int:
+    """Assert two checkpoints' ``state[key]`` are equal for every key (tensors bitwise, wall-clock
+    durations excepted); returns how many tensors were compared."""
     compared = 0
-    for key in ('model', 'optimizers', 'schedulers', 'timestamp', 'dataset_state'):
+    for key in keys:
         flat_got, flat_want = tensors(got['state'][key]), tensors(want['state'][key])
         assert flat_got.keys() == flat_want.keys(), key
         for path, value in flat_want.items():
@@ -133,6 +133,13 @@ def assert_same_final_state(run_root, reference_root):
                 compared += 1
             elif 'wct' not in path.lower():  # wall-clock durations differ
                 assert flat_got[path] == value, f'{key}{path}: {flat_got[path]!r} != {value!r}'
+    return compared
+
+
+def assert_same_final_state(run_root, reference_root):
+    got = torch.load(ckpt(run_root, MAX_BATCHES), map_location='cpu', weights_only=False)
+    want = torch.load(ckpt(reference_root, MAX_BATCHES), map_location='cpu', weights_only=False)
+    compared = assert_equal_states(got, want, ('model', 'optimizers', 'schedulers', 'timestamp', 'dataset_state'))
     rng_got, rng_want = tensors(got['rng']), tensors(want['rng'])
     assert rng_got.keys() == rng_want.keys()
     for path, value in rng_want.items():
