@@ -57,7 +57,7 @@ def timed_evaluations(args: argparse.Namespace) -> dict[str, Any]:
     for _ in range(args.repeats):
         forwards.clear()
         start = time.perf_counter()
-        metrics = evaluate_lm(model, tokenizer, args.tasks, manager, batch_size=args.batch_size, limit=args.limit)
+        metrics = evaluate_lm(model, tokenizer, args.tasks, manager, batch_size=args.batch_size, limit=args.limit).metrics
         times.append(time.perf_counter() - start)
     return {'seconds': min(times), 'forward_calls': len(forwards), 'metrics': metrics}
 

@@ -9,7 +9,10 @@ keeps it; ``lm_eval --model hf --model_args pretrained=<hf-dir>`` reads it), loa
 there, and scored by ``evaluate_lm`` with the callback's settings. The result is one row
 ``checkpoint, batch, tokens, phase=lm_eval, metrics/lm_eval/<task>/<metric>...`` in ``--out``
 (default ``<run folder>/lm_eval_checkpoints.csv``; a checkpoint scored again replaces its row),
-and the metrics are printed as JSON. Use the run's ``precision`` to reproduce the callback's numbers.
+the per-item records file ``ba<batch>.jsonl.gz`` in ``--records-dir`` (default ``<run folder>/lm_eval``,
+where the callback writes; an existing file there evaluated with other settings is refused, not
+replaced), and the metrics printed as JSON. Use the run's ``precision`` to reproduce the callback's
+numbers and records.
 """
 
 from __future__ import annotations
@@ -30,7 +33,15 @@ from composer.utils import safe_torch_load
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from prefix_composer.evaluation.harness import AUTOCAST_DTYPES, METRIC_PREFIX, evaluate_lm
+from prefix_composer.evaluation.harness import AUTOCAST_DTYPES, METRIC_PREFIX, evaluate_lm, requested_settings
+from prefix_composer.evaluation.records import (
+    RECORDS_SUBDIR,
+    read_header,
+    records_path,
+    run_identity,
+    settings_differences,
+    write_records,
+)
 from prefix_composer.evaluation.tasks import build_task_manager, check_tasks
 
 LATEST_CHECKPOINT = os.path.join('checkpoints', 'latest-rank0.pt')
@@ -71,6 +82,39 @@ def export_hf_folder(checkpoint: dict[str, Any], out_dir: str) -> None:
     model.save_pretrained(out_dir)
 
 
+def checkpoint_run_identity(checkpoint: dict[str, Any], objective: dict[str, Any] | None) -> dict[str, Any]:
+    """The records header's ``run`` for the checkpoint: what the ``lm_eval`` callback saved in it,
+    else built from the checkpoint (name, seed, model config) and ``objective`` (``--objective``),
+    which a run with the ``PrefixSmoothing`` algorithm but no ``lm_eval`` callback does not record."""
+    state = checkpoint['state']
+    saved = (state.get('callbacks') or {}).get('LMEvalCallback', {}).get('run')
+    if saved is not None:
+        if objective is not None and objective != saved['objective']:
+            raise ValueError(f'--objective {json.dumps(objective)} contradicts the checkpoint, which was trained with '
+                             f'{json.dumps(saved["objective"])}; drop --objective.')
+        return saved
+    smoothed = any(name == 'PrefixSmoothing' for name, _ in state.get('algorithms', []))
+    if smoothed and objective is None:
+        raise ValueError('The checkpoint was trained with the PrefixSmoothing algorithm but without callbacks.lm_eval, so '
+                         'it does not record the objective that the per-item records need. Pass the run\'s '
+                         "algorithms.prefix_smoothing block: --objective '{\"objective\": \"prefix_softmax\", "
+                         '"eps": 1.0, "tau": 1.0, "support": "inclusive"}\'.')
+    config = get_hf_config_from_composer_state_dict(checkpoint).to_dict()
+    return run_identity(state['run_name'], state['rank_zero_seed'], config, objective if smoothed else None)
+
+
+def refuse_other_settings(path: str, settings: dict[str, Any]) -> None:
+    """``ValueError`` if a records file at ``path`` was evaluated with settings other than ``settings``
+    (only the keys ``settings`` has are compared)."""
+    if not os.path.exists(path):
+        return
+    recorded = read_header(path)['settings']
+    differences = settings_differences({k: recorded.get(k) for k in settings}, settings)
+    if differences:
+        raise ValueError(f'{path} holds records of this checkpoint evaluated differently ({"; ".join(differences)}); '
+                         'it is not replaced. Pass --records-dir to write these records elsewhere.')
+
+
 def write_row(path: str, row: dict[str, Any]) -> None:
     """Add ``row`` to the CSV at ``path`` (replacing a row of the same checkpoint), widening the header."""
     rows = []
@@ -101,6 +145,9 @@ def main(argv: list[str]) -> dict[str, float]:
     parser.add_argument('--include-path', action='append', default=[], help='extra task YAML folder')
     parser.add_argument('--hf-dir', help='keep the exported Hugging Face folder here')
     parser.add_argument('--out', help='CSV to add the row to (default <run folder>/lm_eval_checkpoints.csv)')
+    parser.add_argument('--records-dir', help=f'folder of the per-item records (default <run folder>/{RECORDS_SUBDIR})')
+    parser.add_argument('--objective', type=json.loads,
+                        help='JSON algorithms.prefix_smoothing block, for checkpoints trained without callbacks.lm_eval')
     args = parser.parse_args(argv)
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
 
@@ -109,25 +156,34 @@ def main(argv: list[str]) -> dict[str, float]:
     check_tasks(task_manager, args.tasks)  # before the checkpoint is read
 
     checkpoint = safe_torch_load(checkpoint_path)
+    run = checkpoint_run_identity(checkpoint, args.objective)
+    timestamp = checkpoint['state']['timestamp']['Timestamp']
+    run_dir = os.path.dirname(os.path.dirname(checkpoint_path))
+    records = records_path(args.records_dir or os.path.join(run_dir, RECORDS_SUBDIR), timestamp['batch'])
+    dtype = AUTOCAST_DTYPES[Precision(args.precision)]
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir = args.hf_dir or tmp
         export_hf_folder(checkpoint, hf_dir)
         model = AutoModelForCausalLM.from_pretrained(hf_dir).to(args.device)
         tokenizer = AutoTokenizer.from_pretrained(hf_dir)
-    metrics = evaluate_lm(
+    refuse_other_settings(records, requested_settings(args.tasks, tokenizer, limit, args.num_fewshot,
+                                                      args.fewshot_random_seed, dtype))  # before scoring
+    result = evaluate_lm(
         model, tokenizer, args.tasks, task_manager,
         batch_size=args.batch_size, limit=limit, num_fewshot=args.num_fewshot,
         bootstrap_iters=args.bootstrap_iters, fewshot_random_seed=args.fewshot_random_seed,
-        mixed_precision_dtype=AUTOCAST_DTYPES[Precision(args.precision)],
+        mixed_precision_dtype=dtype,
     )
+    evaluated = result.records(run, timestamp['batch'], timestamp['token'])
+    refuse_other_settings(records, evaluated.header['settings'])  # task versions and items too
+    write_records(records, evaluated)
 
-    timestamp = checkpoint['state']['timestamp']['Timestamp']
-    run_dir = os.path.dirname(os.path.dirname(checkpoint_path))
     row = {'checkpoint': checkpoint_path, 'batch': timestamp['batch'], 'tokens': timestamp['token'], 'phase': 'lm_eval'}
-    row.update({f'{METRIC_PREFIX}/{name}': value for name, value in metrics.items()})
+    row.update({f'{METRIC_PREFIX}/{name}': value for name, value in result.metrics.items()})
     write_row(args.out or os.path.join(run_dir, 'lm_eval_checkpoints.csv'), row)
-    print(json.dumps(metrics, indent=1, sort_keys=True))
-    return metrics
+    print(json.dumps(result.metrics, indent=1, sort_keys=True))
+    print(f'Per-item records: {records}')
+    return result.metrics
 
 
 if __name__ == '__main__':

@@ -1,7 +1,9 @@
-"""Compare runs: ``uv run python scripts/plot_metrics.py [runs folder] [--out-dir DIR]``.
+"""Training curves: ``uv run python scripts/plot_metrics.py [runs folder] [--out-dir DIR]``.
 
-Reads ``<runs>/<variant>/metrics.csv`` (written by ``prefix_composer.csv_logger``) and draws, against
-tokens seen, one line per variant and one PNG per metric family:
+Reads ``<runs>/<variant>/metrics.csv`` (written by ``prefix_composer.training.csv_logger``), groups
+the runs by model family (the model config recorded in their lm-eval records, as
+``scripts/compare_runs.py`` does; runs without records go to family ``unrecorded``), and draws for
+each family, against tokens seen, one line per run and one PNG per metric family:
 
 * ``metrics_train_loss.png``: the training objective (``loss/train/total``) and its plain NLL
   (``loss/train/nll``), phase ``train`` rows;
@@ -9,8 +11,11 @@ tokens seen, one line per variant and one PNG per metric family:
 * ``metrics_lm_eval_<task>.png``: every metric of that lm-eval task
   (``metrics/lm_eval/<task>/<metric>``), shaded +- its ``<metric>_stderr`` where logged.
 
-``summary.md`` tabulates each variant's final value of every metric (its last row that has it),
-with +- stderr for lm-eval metrics. Outputs go to ``--out-dir`` (default ``<runs>/summary``).
+``summary.md`` tabulates each run's final value of every metric (its last row that has it),
+with +- stderr for lm-eval metrics. Outputs go to ``<out-dir>/<family>/`` (default out-dir
+``<runs>/summary``). The default runs folder is where the production YAMLs write
+(``variables.run_root`` of ``yamls/base/*.yaml``). Paired comparisons with confidence intervals:
+``scripts/compare_runs.py``.
 """
 
 from __future__ import annotations
@@ -23,10 +28,14 @@ import os
 import sys
 
 import pandas as pd
+from omegaconf import OmegaConf
 
 from prefix_composer.analysis.plotting import markdown_table, plt, save_figure
+from prefix_composer.analysis.report import family_label
+from prefix_composer.evaluation.records import RECORDS_SUBDIR, read_header, records_by_batch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+UNRECORDED = 'unrecorded'
 
 REQUIRED_COLUMNS = ('batch', 'tokens', 'phase')
 TRAIN_METRICS = {'loss/train/total': 'train objective', 'loss/train/nll': 'train NLL'}
@@ -62,6 +71,29 @@ def load_runs(runs_dir: str) -> dict[str, pd.DataFrame]:
             raise ValueError(f'{path} lacks the columns {missing}; expected a prefix_composer metrics.csv.')
         runs[os.path.basename(os.path.dirname(path))] = frame
     return runs
+
+
+def yaml_run_root() -> str:
+    """``variables.run_root`` of the production YAMLs (``yamls/base/*.yaml``), which must agree."""
+    roots = {os.path.basename(p): OmegaConf.load(p).variables.run_root
+             for p in sorted(glob.glob(os.path.join(REPO, 'yamls', 'base', '*.yaml')))}
+    if len(set(roots.values())) != 1:
+        raise ValueError(f'The base YAMLs write to different run roots {roots}; pass the runs folder.')
+    return next(iter(roots.values()))
+
+
+def run_family(folder: str) -> str:
+    """``report.family_label`` of the model recorded in the run's newest lm-eval records, or ``unrecorded``."""
+    files = records_by_batch(os.path.join(folder, RECORDS_SUBDIR))
+    return family_label(read_header(list(files.values())[-1])['run']['model']) if files else UNRECORDED
+
+
+def group_by_family(runs_dir: str, runs: dict[str, pd.DataFrame]) -> dict[str, dict[str, pd.DataFrame]]:
+    """``{family: {variant: metrics}}``, families sorted, ``unrecorded`` last."""
+    families: dict[str, dict[str, pd.DataFrame]] = {}
+    for name, frame in runs.items():
+        families.setdefault(run_family(os.path.join(runs_dir, name)), {})[name] = frame
+    return dict(sorted(families.items(), key=lambda item: (item[0] == UNRECORDED, item[0])))
 
 
 def split_lm_eval(column: str) -> tuple[str, str]:
@@ -154,21 +186,24 @@ def summary_table(runs: dict[str, pd.DataFrame]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('runs_dir', nargs='?', default=os.path.join(REPO, 'runs'), help='folder of <variant>/metrics.csv')
-    parser.add_argument('--out-dir', help='where PNGs and summary.md go (default: <runs>/summary)')
+    parser.add_argument('runs_dir', nargs='?', help='folder of <variant>/metrics.csv (default: the YAMLs\' run_root)')
+    parser.add_argument('--out-dir', help='where <family>/ with PNGs and summary.md goes (default: <runs>/summary)')
     args = parser.parse_args(argv)
-    out_dir = args.out_dir or os.path.join(args.runs_dir, 'summary')
+    runs_dir = args.runs_dir or yaml_run_root()
+    out_root = args.out_dir or os.path.join(runs_dir, 'summary')
 
-    runs = load_runs(args.runs_dir)
-    written = [path for spec in figures(runs) if (path := plot_figure(spec, runs, out_dir))]
-    table = summary_table(runs)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, 'summary.md'), 'w') as f:
-        f.write(f'# Final values of {len(runs)} runs in {args.runs_dir}\n\n{table}\n')
-    print(table)
-    for path in written:
-        print(f'Wrote {path}')
-    print(f'Wrote {os.path.join(out_dir, "summary.md")}')
+    for family, runs in group_by_family(runs_dir, load_runs(runs_dir)).items():
+        out_dir = os.path.join(out_root, family)
+        written = [path for spec in figures(runs) if (path := plot_figure(spec, runs, out_dir))]
+        table = summary_table(runs)
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, 'summary.md'), 'w') as f:
+            f.write(f'# Final values of {len(runs)} runs of family {family} in {runs_dir}\n\n{table}\n')
+        print(f'\nFamily {family}: {", ".join(runs)}')
+        print(table)
+        for path in written:
+            print(f'Wrote {path}')
+        print(f'Wrote {os.path.join(out_dir, "summary.md")}')
     return 0
 
 

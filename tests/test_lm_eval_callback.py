@@ -83,7 +83,7 @@ def test_evaluate_lm_scores_like_direct_loglikelihoods_and_leaves_state_untouche
     rng = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state())
     manager = build_task_manager(LOCAL_AND_CHARBENCH, [local_tasks])
 
-    metrics = evaluate_lm(hf, tokenizer, LOCAL_AND_CHARBENCH, manager, batch_size=3, limit=4)
+    metrics = evaluate_lm(hf, tokenizer, LOCAL_AND_CHARBENCH, manager, batch_size=3, limit=4).metrics
 
     assert random.getstate() == rng[0]
     assert np.array_equal(np.random.get_state()[1], rng[1]) and torch.equal(torch.get_rng_state(), rng[2])
@@ -135,14 +135,15 @@ class Reseed(Callback):
             torch.manual_seed(1234)
 
 
-def test_training_after_an_evaluation_is_identical_to_training_without(tokenizer, local_tasks):
+def test_training_after_an_evaluation_is_identical_to_training_without(tokenizer, local_tasks, tmp_path):
     # attention dropout makes training consume the torch RNG, so a reseed would change the weights
     baseline, _ = train_tiny(tokenizer, '4ba', attention_dropout=0.1)
     reseeded, _ = train_tiny(tokenizer, '4ba', callbacks=[Reseed()], attention_dropout=0.1)
     assert not all(torch.equal(p, q) for p, q in zip(baseline.parameters(), reseeded.parameters()))
 
     probe = ModeProbe()
-    callback = LMEvalCallback(tasks=LOCAL_AND_CHARBENCH, interval='2ba', limit=2, batch_size=4, include_path=[local_tasks])
+    callback = LMEvalCallback(tasks=LOCAL_AND_CHARBENCH, interval='2ba', limit=2, batch_size=4, include_path=[local_tasks],
+                              records_dir=str(tmp_path))
     evaluated, memory = train_tiny(tokenizer, '4ba', callbacks=[callback, probe], attention_dropout=0.1)
 
     assert all(torch.equal(p, q) for p, q in zip(baseline.parameters(), evaluated.parameters()))

@@ -15,6 +15,7 @@ sys.path.insert(0, str(REPO / 'scripts'))
 
 import plot_metrics  # noqa: E402
 import plot_prefix_counts  # noqa: E402
+from prefix_composer.evaluation.records import Records, run_identity, write_records  # noqa: E402
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
@@ -110,25 +111,42 @@ def run_rows(loss0: float, hs: list[float], with_spelling: bool) -> list[dict]:
     return rows
 
 
+MODEL_100M = {'model_type': 'llama', 'hidden_size': 576, 'num_hidden_layers': 7, 'num_attention_heads': 9,
+              'num_key_value_heads': 3, 'intermediate_size': 1536, 'vocab_size': 128256}
+FAMILY_100M = 'd576-L7-h9kv3-ff1536-V128256'
+
+
+def write_identity(folder: Path, model: dict, batch: int = 40):
+    """An lm-eval records file (no items) that records the run's model config, as the callback writes."""
+    settings = {'tasks': [], 'limit': None, 'num_fewshot': 0, 'fewshot_random_seed': 1234, 'autocast': None,
+                'tokenizer_hash': 'abc', 'task_versions': {}, 'n_shot': {}, 'items': {}}
+    header = {'format': 'prefix_composer.lm_eval_records', 'version': 1, 'batch': batch, 'tokens': batch * 1024,
+              'run': run_identity(folder.name, 17, model, None), 'settings': settings, 'groups': {},
+              'higher_is_better': {}, 'info': {}}
+    write_records(str(folder / 'lm_eval' / f'ba{batch}.jsonl.gz'), Records(header, []))
+
+
 @pytest.fixture
 def runs_dir(tmp_path):
     runs = tmp_path / 'runs'
     write_metrics(runs / 'ce' / 'metrics.csv', run_rows(5.0, [0.26, 0.28], with_spelling=True))
     write_metrics(runs / 'prefix_unnorm_eps1' / 'metrics.csv', run_rows(6.0, [0.27, 0.31], with_spelling=False))
+    for name in ('ce', 'prefix_unnorm_eps1'):
+        write_identity(runs / name, MODEL_100M)
     (runs / 'summary').mkdir()  # an output folder with no metrics.csv is not a run
     return runs
 
 
 def test_plot_metrics_writes_pngs_and_final_values(runs_dir, capsys):
     assert plot_metrics.main([str(runs_dir)]) == 0
-    out = runs_dir / 'summary'
+    out = runs_dir / 'summary' / FAMILY_100M
     names = sorted(p.name for p in out.glob('*.png'))
     assert names == ['metrics_lm_eval_charbench_spelling_single.png', 'metrics_lm_eval_hellaswag.png',
                      'metrics_train_loss.png', 'metrics_val_nll.png']
     for name in names:
         assert_png(out / name)
     summary = (out / 'summary.md').read_text()
-    assert summary.startswith(f'# Final values of 2 runs in {runs_dir}\n\n')
+    assert summary.startswith(f'# Final values of 2 runs of family {FAMILY_100M} in {runs_dir}\n\n')
     assert summary.split('\n\n', 1)[1].strip() in capsys.readouterr().out
     lines = summary.splitlines()
     assert lines[2] == ('| variant | tokens | train objective | train NLL | validation NLL | hellaswag/acc_norm '
@@ -159,3 +177,24 @@ def test_plot_metrics_bad_input(tmp_path):
     write_metrics(tmp_path / 'ce' / 'metrics.csv', [{'step': 1, 'loss': 2.0}])
     with pytest.raises(ValueError, match=r"lacks the columns \['batch', 'tokens', 'phase'\]"):
         plot_metrics.main([str(tmp_path)])
+
+
+def test_plot_metrics_never_mixes_families(runs_dir, capsys):
+    # a brief-000-sized run in the same runs folder, and a run without lm-eval records
+    write_metrics(runs_dir / 'b000_ce' / 'metrics.csv', run_rows(7.0, [0.3, 0.4], with_spelling=False))
+    write_identity(runs_dir / 'b000_ce', {**MODEL_100M, 'hidden_size': 1536, 'num_hidden_layers': 11,
+                                          'num_attention_heads': 12, 'num_key_value_heads': 4, 'intermediate_size': 4096})
+    write_metrics(runs_dir / 'no_records' / 'metrics.csv', run_rows(8.0, [0.2, 0.2], with_spelling=False))
+    assert plot_metrics.main([str(runs_dir), '--out-dir', str(runs_dir / 'plots')]) == 0
+    families = {p.name: p for p in (runs_dir / 'plots').iterdir()}
+    assert sorted(families) == ['d1536-L11-h12kv4-ff4096-V128256', FAMILY_100M, 'unrecorded']
+    for family, variants in [(FAMILY_100M, ['ce', 'prefix_unnorm_eps1']), ('d1536-L11-h12kv4-ff4096-V128256', ['b000_ce']),
+                             ('unrecorded', ['no_records'])]:
+        rows = (families[family] / 'summary.md').read_text().splitlines()[4:]
+        assert [r.split(' | ')[0].lstrip('| ') for r in rows] == variants, family
+        assert_png(families[family] / 'metrics_val_nll.png')
+    assert 'Family unrecorded: no_records' in capsys.readouterr().out
+
+
+def test_plot_metrics_default_folder_is_where_the_yamls_write():
+    assert plot_metrics.yaml_run_root() == '/mnt/runs'

@@ -1,4 +1,4 @@
-"""Small file helpers: atomic JSON manifests and file hashes."""
+"""Small file helpers: atomic writes (JSON manifests, any bytes) and file hashes."""
 
 from __future__ import annotations
 
@@ -8,15 +8,34 @@ import os
 from typing import Any
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` through a temp file + ``os.replace`` (never half-written)."""
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that ``path`` is always either its old content or all of ``data``.
+
+    The bytes go to ``<path>.tmp`` in the same folder, are fsynced, renamed over ``path``
+    (``os.replace``, atomic on POSIX) and the folder is fsynced so the rename survives a crash.
+    On an error the temp file is removed and ``path`` is untouched.
+    """
     tmp = f'{path}.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write('\n')
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Write ``obj`` as indented, key-sorted JSON to ``path`` with ``write_bytes_atomic``."""
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + '\n').encode('utf-8'))
 
 
 def read_json(path: str, what: str) -> Any:

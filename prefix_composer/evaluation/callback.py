@@ -9,9 +9,14 @@ YAML (registered in llm-foundry's callbacks registry as ``lm_eval``)::
         limit: null              # docs per task (int) or fraction (float); null = all
         batch_size: 16           # context groups per forward batch on each rank
         num_fewshot: 0
+        # records_dir: null      per-item records; null = <parent of save_folder>/lm_eval
 
 Every metric is logged as ``metrics/lm_eval/<task>/<metric>``; the CSV logger writes them as one
-row with phase ``lm_eval``. See ``harness.py`` for what an evaluation leaves untouched.
+row with phase ``lm_eval``. What lm-eval computed per document goes to one records file per
+evaluation, ``<records_dir>/ba<batch>.jsonl.gz`` (``records.py``), written by global rank 0 after
+the gather; at the start of a resumed run the records of evaluations past the resumed batch are
+deleted (the rule of ``metrics.csv``), so a re-run evaluation replaces them and none is duplicated.
+See ``harness.py`` for what an evaluation leaves untouched.
 
 Preemption: ``graceful_preemption`` calls ``stop_when``; an evaluation then stops before its next
 forward batch once all ranks agree to stop, logs nothing, and records its batch in the callback's
@@ -21,19 +26,24 @@ the restart the evaluation of that batch runs again at ``FIT_START``, before any
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import time
 from typing import Any, Callable, Optional, Sequence, Union
 
+from composer.callbacks import CheckpointSaver
 from composer.core import Callback, Event, Precision, State
 from composer.loggers import Logger
-from composer.utils import create_interval_scheduler
+from composer.utils import create_interval_scheduler, dist, format_name_with_dist
 from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from prefix_composer.evaluation.adapter import EvaluationInterrupted, check_batch_size
-from prefix_composer.evaluation.harness import AUTOCAST_DTYPES, METRIC_PREFIX, evaluate_lm
+from prefix_composer.evaluation.harness import AUTOCAST_DTYPES, METRIC_PREFIX, LMEvalResult, evaluate_lm
+from prefix_composer.evaluation.records import RECORDS_SUBDIR, records_path, remove_records_after, run_identity, write_records
 from prefix_composer.evaluation.tasks import build_task_manager, check_tasks
+from prefix_composer.training.algorithm import PrefixSmoothing
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +58,29 @@ def unwrap_hf_model(state: State) -> tuple[PreTrainedModel, PreTrainedTokenizerB
             f'(e.g. model.name: prefix_llama); got {type(composer_model).__name__}.',
         )
     return model, tokenizer
+
+
+def records_folder(state: State, records_dir: Optional[str]) -> str:
+    """``records_dir`` (``{run_name}`` formatted), else ``<parent of the trainer's save_folder>/lm_eval``."""
+    if records_dir is not None:
+        return format_name_with_dist(records_dir, state.run_name)
+    savers = [callback for callback in state.callbacks if isinstance(callback, CheckpointSaver)]
+    if not savers or savers[0].remote_uploader is not None:
+        raise ValueError(
+            'callbacks.lm_eval writes per-item records next to the checkpoints (<save_folder>/../lm_eval), but this run '
+            f'has {"a remote save_folder" if savers else "no save_folder"}. Set callbacks.lm_eval.records_dir to a '
+            'local or mounted folder (e.g. ${variables.run_root}/${run_name}/lm_eval).',
+        )
+    checkpoints = format_name_with_dist(savers[0].folder, state.run_name)
+    return os.path.join(os.path.dirname(os.path.abspath(checkpoints)), RECORDS_SUBDIR)
+
+
+def state_run_identity(state: State) -> dict[str, Any]:
+    """``run_identity`` of the training run: its name, seed, model config and ``PrefixSmoothing`` objective."""
+    model, _ = unwrap_hf_model(state)
+    objectives = [algorithm.spec for algorithm in state.algorithms if isinstance(algorithm, PrefixSmoothing)]
+    return run_identity(state.run_name, state.rank_zero_seed, model.config.to_dict(),
+                        dataclasses.asdict(objectives[0]) if objectives else None)
 
 
 class LMEvalCallback(Callback):
@@ -65,6 +98,11 @@ class LMEvalCallback(Callback):
         bootstrap_iters: bootstrap draws for bootstrapped metrics' stderr (> 0).
         fewshot_random_seed: seed of lm-eval's few-shot sampler only (not the global RNGs).
         include_path: extra folders of task YAMLs.
+        records_dir: folder of the per-item records files (``{run_name}`` is formatted); default
+            ``<parent of save_folder>/lm_eval``, i.e. ``<run_root>/<run_name>/lm_eval`` in the YAMLs.
+
+    Its ``state_dict`` (saved in every checkpoint) is the run identity of the records header, so
+    ``scripts/eval_checkpoint.py`` writes the same header for a checkpoint.
     """
 
     def __init__(
@@ -77,6 +115,7 @@ class LMEvalCallback(Callback):
         bootstrap_iters: int = 1000,
         fewshot_random_seed: int = 1234,
         include_path: Sequence[str] = (),
+        records_dir: Optional[str] = None,
     ):
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
             raise ValueError(f'callbacks.lm_eval.limit must be null, a positive int or a fraction, got {limit!r}.')
@@ -96,6 +135,9 @@ class LMEvalCallback(Callback):
         self.num_fewshot = num_fewshot
         self.bootstrap_iters = bootstrap_iters
         self.fewshot_random_seed = fewshot_random_seed
+        self.records_dir = records_dir
+        self.folder: Optional[str] = None
+        self.run: Optional[dict[str, Any]] = None
         start = time.perf_counter()
         self.task_manager = build_task_manager(self.tasks, include_path)
         docs = check_tasks(self.task_manager, self.tasks)
@@ -111,7 +153,15 @@ class LMEvalCallback(Callback):
         self.stop_agreed = agreed
 
     def fit_start(self, state: State, logger: Logger) -> None:
-        unwrap_hf_model(state)  # a model the callback cannot evaluate fails before batch 1
+        """Before batch 1: the model can be evaluated, the records folder is known, and records past
+        the resumed batch (a preempted run's evaluations after its last checkpoint) are deleted."""
+        self.run = state_run_identity(state)  # a model the callback cannot evaluate fails here
+        self.folder = records_folder(state, self.records_dir)
+        if dist.get_global_rank() == 0:
+            removed = remove_records_after(self.folder, int(state.timestamp.batch))
+            if removed:
+                log.info('lm_eval: removed %d records files past the resumed batch %d: %s.',
+                         len(removed), int(state.timestamp.batch), [os.path.basename(p) for p in removed])
         if self.interrupted_batch is not None:
             log.info('lm_eval: running the evaluation of batch %d again (preempted while it ran).', self.interrupted_batch)
             self.evaluate_unless_preempted(state, logger)
@@ -132,9 +182,9 @@ class LMEvalCallback(Callback):
             return
         self.interrupted_batch = None
 
-    def evaluate(self, state: State, logger: Logger) -> dict[str, float]:
+    def evaluate(self, state: State, logger: Logger) -> LMEvalResult:
         model, tokenizer = unwrap_hf_model(state)
-        metrics = evaluate_lm(
+        result = evaluate_lm(
             model,
             tokenizer,
             self.tasks,
@@ -147,11 +197,16 @@ class LMEvalCallback(Callback):
             mixed_precision_dtype=AUTOCAST_DTYPES[Precision(state.precision)],
             should_stop=None if self.stop_agreed is None else lambda: self.stop_agreed(state),
         )
-        logger.log_metrics({f'{METRIC_PREFIX}/{name}': value for name, value in metrics.items()})
-        return metrics
+        logger.log_metrics({f'{METRIC_PREFIX}/{name}': value for name, value in result.metrics.items()})
+        if dist.get_global_rank() == 0:
+            batch = int(state.timestamp.batch)
+            path = records_path(self.folder, batch)
+            write_records(path, result.records(self.run, batch, int(state.timestamp.token)))
+            log.info('lm_eval: %d per-item records in %s.', len(result.items), path)
+        return result
 
     def state_dict(self) -> dict[str, Any]:
-        return {'interrupted_batch': self.interrupted_batch}
+        return {'run': self.run, 'interrupted_batch': self.interrupted_batch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.interrupted_batch = state.get('interrupted_batch')  # {} in checkpoints from before this state existed
+        self.interrupted_batch = state.get('interrupted_batch')  # absent in checkpoints from before this state existed

@@ -1,0 +1,156 @@
+"""Per-item lm-eval records: one file per evaluation, ``<run folder>/lm_eval/ba<batch>.jsonl.gz``.
+
+A records file is gzip'd JSON lines. Line 1 is the header, every further line one scored document::
+
+    {"format": "prefix_composer.lm_eval_records", "version": 1, "batch": 500, "tokens": 262144000,
+     "run": {"run_name": "ce", "seed": 17, "objective": {"objective": "ce", "eps": 0.0, ...}, "model": {...}},
+     "settings": {...}, "groups": {"charbench_single": ["charbench_count_single", ...]},
+     "higher_is_better": {"hellaswag": {"acc": true, "acc_norm": true}}, "info": {...}}
+    {"task": "hellaswag", "doc_id": 0, "gold": 2, "loglikelihoods": [-41.25, ...], "metrics": {"acc": 0.0, "acc_norm": 1.0}}
+
+``settings`` is how the evaluation was run (``SETTINGS_KEYS``): records whose settings differ must
+not be compared (``settings_differences`` names what differs). ``info`` holds what does not change
+the scores' meaning (lm-eval version, forward batch size). ``run`` says whose model it was (the
+report groups runs by ``run.model``, pairs seed replicas by ``run.seed`` and names variants by
+``run.objective``). Items are sorted by (task, doc_id); keys are sorted and the gzip header carries
+no time or name, so equal content gives byte-identical files (1 rank and N ranks write the same).
+
+This module needs only the standard library, so the analysis scripts read records without
+importing lm-eval or torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import io
+import json
+import os
+import re
+from typing import Any, Iterator, Mapping
+
+from prefix_composer.data.files import write_bytes_atomic
+
+RECORDS_FORMAT = 'prefix_composer.lm_eval_records'
+RECORDS_VERSION = 1
+RECORDS_SUBDIR = 'lm_eval'
+SETTINGS_KEYS = ('tasks', 'limit', 'num_fewshot', 'fewshot_random_seed', 'autocast', 'tokenizer_hash',
+                 'task_versions', 'n_shot', 'items')
+_NAME = re.compile(r'^ba(\d+)\.jsonl\.gz$')
+
+
+@dataclasses.dataclass(frozen=True)
+class Records:
+    """One evaluation: its ``header`` (line 1) and one dict per document (``task``, ``doc_id``,
+    ``gold``, ``loglikelihoods``, ``metrics``)."""
+
+    header: dict[str, Any]
+    items: list[dict[str, Any]]
+
+
+def records_path(folder: str, batch: int) -> str:
+    """``<folder>/ba<batch>.jsonl.gz``."""
+    return os.path.join(folder, f'ba{int(batch)}.jsonl.gz')
+
+
+def records_by_batch(folder: str) -> dict[int, str]:
+    """``{batch: path}`` of the records files in ``folder`` (none if it does not exist), by batch."""
+    if not os.path.isdir(folder):
+        return {}
+    found = {int(m.group(1)): os.path.join(folder, name) for name in os.listdir(folder) if (m := _NAME.match(name))}
+    return dict(sorted(found.items()))
+
+
+def remove_records_after(folder: str, batch: int) -> list[str]:
+    """Delete the records of evaluations past ``batch`` (written by a run that was then preempted
+    before its next checkpoint); returns the removed paths."""
+    doomed = [path for b, path in records_by_batch(folder).items() if b > batch]
+    for path in doomed:
+        os.remove(path)
+    return doomed
+
+
+def encode_records(records: Records) -> bytes:
+    """The file's bytes: JSON lines (sorted keys, no spaces), gzip with mtime 0 and no file name."""
+    lines = [records.header, *records.items]
+    text = ''.join(json.dumps(line, sort_keys=True, separators=(',', ':'), allow_nan=False) + '\n' for line in lines)
+    buffer = io.BytesIO()
+    with gzip.GzipFile(filename='', mode='wb', fileobj=buffer, mtime=0) as f:
+        f.write(text.encode('utf-8'))
+    return buffer.getvalue()
+
+
+def write_records(path: str, records: Records) -> None:
+    """Write ``records`` to ``path`` atomically (temp file, fsync, rename, fsync of the folder)."""
+    check_header(records.header, path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_bytes_atomic(path, encode_records(records))
+
+
+def _lines(path: str) -> Iterator[dict[str, Any]]:
+    try:
+        with gzip.open(path, 'rt', encoding='utf-8') as f:
+            for line in f:
+                yield json.loads(line)
+    except (OSError, EOFError, json.JSONDecodeError) as error:
+        raise ValueError(f'lm-eval records file {path} is damaged ({type(error).__name__}: {error}); '
+                         'delete it and re-score that checkpoint with scripts/eval_checkpoint.py.') from None
+
+
+def check_header(header: Mapping[str, Any], path: str) -> None:
+    """``ValueError`` unless ``header`` is a records header of this format version with every key."""
+    if header.get('format') != RECORDS_FORMAT or header.get('version') != RECORDS_VERSION:
+        raise ValueError(f'{path} is not a {RECORDS_FORMAT} file of version {RECORDS_VERSION} '
+                         f'(format {header.get("format")!r}, version {header.get("version")!r}).')
+    missing = [key for key in ('batch', 'tokens', 'run', 'settings', 'groups', 'higher_is_better') if key not in header]
+    missing += [f'settings.{key}' for key in SETTINGS_KEYS if key not in header.get('settings', {})]
+    if missing:
+        raise ValueError(f'{path}: the records header lacks {missing}.')
+
+
+def read_header(path: str) -> dict[str, Any]:
+    """Line 1 of the records file at ``path`` (checked), without reading the items."""
+    header = next(_lines(path), None)
+    if not isinstance(header, dict):
+        raise ValueError(f'lm-eval records file {path} is empty.')
+    check_header(header, path)
+    return header
+
+
+def read_records(path: str) -> Records:
+    """The whole records file at ``path``; ``ValueError`` naming the file if it is damaged."""
+    lines = _lines(path)
+    header = next(lines, None)
+    if not isinstance(header, dict):
+        raise ValueError(f'lm-eval records file {path} is empty.')
+    check_header(header, path)
+    return Records(header=header, items=list(lines))
+
+
+MODEL_KEYS = ('model_type', 'vocab_size', 'hidden_size', 'intermediate_size', 'num_hidden_layers', 'num_attention_heads',
+              'num_key_value_heads', 'head_dim', 'max_position_embeddings', 'rope_theta', 'rope_scaling', 'rms_norm_eps',
+              'tie_word_embeddings', 'hidden_act', 'attention_bias', 'mlp_bias')
+
+
+def run_identity(run_name: str, seed: int, model_config: Mapping[str, Any],
+                 objective: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The header's ``run``: name, seed, the architecture keys (``MODEL_KEYS``) of the model
+    config, and the training objective block (``None``: trained without ``PrefixSmoothing``, plain CE)."""
+    return {
+        'run_name': run_name,
+        'seed': int(seed),
+        'model': {key: model_config[key] for key in MODEL_KEYS if key in model_config},
+        'objective': dict(objective) if objective is not None else None,
+    }
+
+
+def settings_differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = 'settings') -> list[str]:
+    """``['settings.limit: 20 vs null', ...]``: every leaf where ``a`` and ``b`` differ (JSON notation)."""
+    out = []
+    for key in sorted(set(a) | set(b), key=str):
+        name = f'{prefix}.{key}'
+        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
+            out += settings_differences(a[key], b[key], name)
+        elif a.get(key, '<absent>') != b.get(key, '<absent>'):
+            out.append(f'{name}: {json.dumps(a.get(key, "<absent>"))} vs {json.dumps(b.get(key, "<absent>"))}')
+    return out
