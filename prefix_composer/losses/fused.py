@@ -10,7 +10,8 @@ For final hidden states ``h`` [N, d], head weight ``W`` [V, d] and the targets o
 with ``s_t = valid_t / n_valid``; after the last chunk ``∂L/∂W[:U] -= u·Σ_t s_t h_t``. The row
 scale and label smoothing's uniform part act on the O(N·d) side, and the uniform loss term uses
 ``Σ_{i<U} logp_t[i] = h_t·Σ_{i<U} W_i - U·lse_t``: every objective costs the same dense work, one
-``log_softmax`` and one ``exp`` pass per logit, fewer than the unfused head plus ``soft_target.py``. Peak memory is one [c, V] chunk (plus its float32 copy under
+``log_softmax`` and one ``exp`` pass per logit, fewer than the unfused head plus ``soft_target.py``.
+Peak memory is one [c, V] chunk (plus its float32 copy under
 half-precision matmuls) and the [V, d] weight gradient, instead of the [N, V] logits and their
 gradient. The gradients are computed in the forward, as Liger-Kernel's fused linear
 cross-entropy does: three matmuls per chunk, as many as an unfused head, where recomputing them in
@@ -25,18 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from prefix_composer.losses.rows import (
-    accumulation_dtype,
-    check_loss_inputs,
-    log_softmax_rows,
-    masked_mean,
-    new_scratch,
-    softmax_minus_sparse_,
-    sparse_loss_terms,
-    target_args,
-    target_rows,
-    valid_positions,
-)
+from prefix_composer.losses import rows as row_ops
 from prefix_composer.objectives.targets import SparseTargets
 
 # Logit elements per chunk: one [chunk, V] buffer in the matmul dtype (plus a float32 one for half
@@ -63,7 +53,7 @@ def accumulate_weight_grad(
     """``grad_weight + g^T h_scaled`` in the weight's accumulation dtype; the first chunk
     (``grad_weight is None``) writes it, so the [V, d] buffer is never zero-filled."""
     if grad_weight is None:
-        return (g.t() @ h_scaled).to(accumulation_dtype(weight_dtype))
+        return (g.t() @ h_scaled).to(row_ops.accumulation_dtype(weight_dtype))
     if grad_weight.dtype == g.dtype:
         return grad_weight.addmm_(g.t(), h_scaled)
     return grad_weight.add_(g.t() @ h_scaled)
@@ -75,15 +65,15 @@ class _FusedLinearSoftTargetCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, labels, ids, weights, uniform_mass, uniform_count, ignore_index, chunk_tokens):
         targets = SparseTargets(ids, weights, uniform_mass, uniform_count)
         mm_dtype = matmul_dtype(hidden, weight)
-        acc = accumulation_dtype(mm_dtype)
+        acc = row_ops.accumulation_dtype(mm_dtype)
         n, v = hidden.shape[0], weight.shape[0]
         step = max(1, min(n, chunk_tokens or fused_chunk_tokens(v)))
-        valid, count, gold = valid_positions(labels, ignore_index)
+        valid, count, gold = row_ops.valid_positions(labels, ignore_index)
         scale = valid.to(acc) / count
         with torch.autocast(hidden.device.type, enabled=False):
             h, w = hidden.to(mm_dtype), weight.to(mm_dtype)
             logits = torch.empty(step, v, dtype=mm_dtype, device=hidden.device)
-            scratch = None if mm_dtype == acc else new_scratch(step, v, mm_dtype, hidden.device)
+            scratch = None if mm_dtype == acc else row_ops.new_scratch(step, v, mm_dtype, hidden.device)
             if uniform_mass:
                 w_sum = weight[:uniform_count].sum(dim=0, dtype=acc)  # Σ_{i<U} W_i
             objective, nll = (torch.empty(n, dtype=acc, device=hidden.device) for _ in range(2))
@@ -93,10 +83,10 @@ class _FusedLinearSoftTargetCrossEntropy(torch.autograd.Function):
                 rows = slice(start, start + step)
                 h_c = h[rows]
                 z = torch.mm(h_c, w.t(), out=logits[: h_c.shape[0]])
-                chunk = target_rows(targets, rows)
-                logp, lse = log_softmax_rows(z, gold[rows], z if scratch is None else scratch[: z.shape[0]])
-                objective[rows], nll[rows] = sparse_loss_terms(logp, chunk, gold[rows])
-                g = softmax_minus_sparse_(logp, chunk)
+                chunk = row_ops.target_rows(targets, rows)
+                logp, lse = row_ops.log_softmax_rows(z, gold[rows], z if scratch is None else scratch[: z.shape[0]])
+                objective[rows], nll[rows] = row_ops.sparse_loss_terms(logp, chunk, gold[rows])
+                g = row_ops.softmax_minus_sparse_(logp, chunk)
                 if g.data_ptr() != z.data_ptr():
                     g = z.copy_(g)
                 grad_hidden[rows] = torch.mm(g, w) * scale[rows, None]
@@ -110,7 +100,7 @@ class _FusedLinearSoftTargetCrossEntropy(torch.autograd.Function):
         ctx.weight_dtype = weight.dtype
         ctx.backpropagated = False
         ctx.mark_non_differentiable(nll)
-        return masked_mean(objective, valid, count), masked_mean(nll, valid, count)
+        return row_ops.masked_mean(objective, valid, count), row_ops.masked_mean(nll, valid, count)
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_nll):
@@ -147,5 +137,7 @@ def fused_linear_soft_target_cross_entropy(
         raise ValueError(f'Expected hidden [N, d] and weight [V, d]; got {tuple(hidden.shape)} and {tuple(weight.shape)}.')
     if chunk_tokens is not None and chunk_tokens < 1:
         raise ValueError(f'chunk_tokens must be a positive integer, got {chunk_tokens!r}.')
-    check_loss_inputs(torch.Size((hidden.shape[0], weight.shape[0])), labels, targets)
-    return _FusedLinearSoftTargetCrossEntropy.apply(hidden, weight, labels, *target_args(targets), ignore_index, chunk_tokens)
+    row_ops.check_loss_inputs(torch.Size((hidden.shape[0], weight.shape[0])), labels, targets)
+    return _FusedLinearSoftTargetCrossEntropy.apply(
+        hidden, weight, labels, *row_ops.target_args(targets), ignore_index, chunk_tokens,
+    )

@@ -24,18 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from prefix_composer.losses.rows import (
-    accumulation_dtype,
-    check_loss_inputs,
-    log_softmax_rows,
-    masked_mean,
-    new_scratch,
-    softmax_minus_sparse_,
-    sparse_loss_terms,
-    target_args,
-    target_rows,
-    valid_positions,
-)
+from prefix_composer.losses import rows as row_ops
 from prefix_composer.objectives.targets import SparseTargets
 
 # Elements per row chunk (and per scratch buffer, 128/256 MiB in float32). Few large ops beat
@@ -66,23 +55,23 @@ class _SoftTargetCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, labels, ids, weights, uniform_mass, uniform_count, ignore_index):
         targets = SparseTargets(ids, weights, uniform_mass, uniform_count)
-        valid, count, gold = valid_positions(labels, ignore_index)
+        valid, count, gold = row_ops.valid_positions(labels, ignore_index)
         n, v = logits.shape
         step = chunk_rows(v, logits.device)
-        acc = accumulation_dtype(logits.dtype)
-        scratch = None if logits.dtype == acc else new_scratch(min(step, n), v, logits.dtype, logits.device)
+        acc = row_ops.accumulation_dtype(logits.dtype)
+        scratch = None if logits.dtype == acc else row_ops.new_scratch(min(step, n), v, logits.dtype, logits.device)
         lse, objective, nll = (torch.empty(n, dtype=acc, device=logits.device) for _ in range(3))
         for start in range(0, n, step):
             rows = slice(start, start + step)
             z = logits[rows]
-            logp, lse[rows] = log_softmax_rows(z, gold[rows], z if scratch is None else scratch[: z.shape[0]])
-            objective[rows], nll[rows] = sparse_loss_terms(logp, target_rows(targets, rows), gold[rows])
+            logp, lse[rows] = row_ops.log_softmax_rows(z, gold[rows], z if scratch is None else scratch[: z.shape[0]])
+            objective[rows], nll[rows] = row_ops.sparse_loss_terms(logp, row_ops.target_rows(targets, rows), gold[rows])
             if uniform_mass:
                 objective[rows] -= uniform_mass * logp[:, :uniform_count].sum(dim=-1)
         ctx.save_for_backward(logits, lse, ids, weights, valid, count)
         ctx.uniform = (uniform_mass, uniform_count)
         ctx.mark_non_differentiable(nll)
-        return masked_mean(objective, valid, count), masked_mean(nll, valid, count)
+        return row_ops.masked_mean(objective, valid, count), row_ops.masked_mean(nll, valid, count)
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_nll):
@@ -91,12 +80,12 @@ class _SoftTargetCrossEntropy(torch.autograd.Function):
         scale = valid.to(lse.dtype) * (grad_loss / count)
         n, v = saved.shape
         step = chunk_rows(v, saved.device)
-        scratch = None if saved.dtype == lse.dtype else new_scratch(min(step, n), v, saved.dtype, saved.device)
+        scratch = None if saved.dtype == lse.dtype else row_ops.new_scratch(min(step, n), v, saved.dtype, saved.device)
         for start in range(0, n, step):
             rows = slice(start, start + step)
             out = saved[rows]
             logp = out if scratch is None else torch.sub(out, lse[rows, None], out=scratch[: out.shape[0]])
-            g = softmax_minus_sparse_(logp, target_rows(targets, rows))
+            g = row_ops.softmax_minus_sparse_(logp, row_ops.target_rows(targets, rows))
             scale_rows(g, scale[rows], *ctx.uniform, out=out)
         # A fresh alias, so that a leaf's AccumulateGrad adopts this storage instead of cloning it.
         return saved.detach(), None, None, None, None, None, None
@@ -116,5 +105,5 @@ def soft_target_cross_entropy(
         labels: [N] gold ids, ``ignore_index`` where the position does not count.
         targets: rows of the target table for ``labels`` (``TargetTable.lookup``), ids/weights [N, K].
     """
-    check_loss_inputs(logits.shape, labels, targets)
-    return _SoftTargetCrossEntropy.apply(logits, labels, *target_args(targets), ignore_index)
+    row_ops.check_loss_inputs(logits.shape, labels, targets)
+    return _SoftTargetCrossEntropy.apply(logits, labels, *row_ops.target_args(targets), ignore_index)
