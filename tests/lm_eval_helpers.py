@@ -120,3 +120,12 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def continuation_logprob(model, tokenizer, context: str, continuation: str) -> float:
+    """Sum of log p(continuation tokens | BOS + context), tokenised as lm-eval does (whole string, then split)."""
+    context_ids = [tokenizer.bos_token_id] + tokenizer(context, add_special_tokens=False).input_ids
+    whole = [tokenizer.bos_token_id] + tokenizer(context + continuation, add_special_tokens=False).input_ids
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(torch.tensor([whole[:-1]])).logits[0].double(), dim=-1)
+    return sum(float(logprobs[i - 1, whole[i]]) for i in range(len(context_ids), len(whole)))

@@ -16,7 +16,7 @@ from composer.core import Callback
 from lm_eval.tasks._yaml_loader import load_yaml
 from llmfoundry.utils.builders import build_callback
 
-from lm_eval_helpers import LM_EVAL_TASKS, ROOT, hellaswag_items, load_script, tiny_model, train_tiny, write_local_tasks
+from lm_eval_helpers import LM_EVAL_TASKS, ROOT, continuation_logprob, hellaswag_items, load_script, tiny_model, train_tiny, write_local_tasks
 from prefix_composer.evaluation.adapter import forward_chunks
 from prefix_composer.evaluation.callback import LMEvalCallback
 from prefix_composer.evaluation.harness import evaluate_lm, flatten_metrics
@@ -65,15 +65,6 @@ def test_winogrande_debiased_is_lm_evals_winogrande_on_the_debiased_config():
             assert ours[key](doc) == value(doc)
         else:
             assert ours[key] == value, key
-
-
-def continuation_logprob(model, tokenizer, context: str, continuation: str) -> float:
-    """Sum of log p(continuation tokens | BOS + context), tokenised as lm-eval does (whole string, then split)."""
-    context_ids = [tokenizer.bos_token_id] + tokenizer(context, add_special_tokens=False).input_ids
-    whole = [tokenizer.bos_token_id] + tokenizer(context + continuation, add_special_tokens=False).input_ids
-    with torch.no_grad():
-        logprobs = torch.log_softmax(model(torch.tensor([whole[:-1]])).logits[0], dim=-1)
-    return sum(float(logprobs[i - 1, whole[i]]) for i in range(len(context_ids), len(whole)))
 
 
 def test_evaluate_lm_scores_like_direct_loglikelihoods_and_leaves_state_untouched(tokenizer, local_tasks):

@@ -15,7 +15,7 @@ import torch
 import torch.distributed
 from lm_eval.evaluator import simple_evaluate
 
-from lm_eval_helpers import WINOGRANDE_ITEMS, hellaswag_items, load_script, tiny_model, train_tiny, write_local_tasks
+from lm_eval_helpers import WINOGRANDE_ITEMS, continuation_logprob, hellaswag_items, load_script, tiny_model, train_tiny, write_local_tasks
 from prefix_composer.data.tokenizer_hash import tokenizer_content_hash
 from prefix_composer.evaluation.adapter import ShardedHFLM
 from prefix_composer.evaluation.callback import LMEvalCallback
@@ -43,15 +43,6 @@ def local_tasks(tmp_path_factory):
     folder = tmp_path_factory.mktemp('lm_eval_tasks')
     write_local_tasks(folder)
     return str(folder)
-
-
-def continuation_logprob(model, tokenizer, context: str, continuation: str) -> float:
-    """Sum of log p(continuation tokens | context), tokenised as lm-eval does (whole string, then split)."""
-    context_ids = tokenizer(context).input_ids
-    whole = tokenizer(context + continuation).input_ids
-    with torch.no_grad():
-        logprobs = torch.log_softmax(model(torch.tensor([whole[:-1]])).logits[0].double(), dim=-1)
-    return sum(float(logprobs[i - 1, whole[i]]) for i in range(len(context_ids), len(whole)))
 
 
 def test_records_hold_every_documents_gold_scores_and_metrics(tokenizer, local_tasks):

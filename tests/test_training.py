@@ -53,7 +53,7 @@ def test_every_objective_trains(objective, tiny_mds, tmp_path):
 
 
 def test_composer_cli_trains_and_autoresumes(tiny_mds, tmp_path):
-    command = ['composer', 'train.py', SMOKE, *tiny_overrides(tiny_mds, tmp_path)]
+    command = [os.path.join(os.path.dirname(sys.executable), 'composer'), 'train.py', SMOKE, *tiny_overrides(tiny_mds, tmp_path)]
     subprocess.run(command, cwd=REPO, check=True, capture_output=True)
     first = read_metrics(tmp_path, 'smoke_cpu')
     assert first[first.phase == 'train'].batch.tolist() == [1, 2, 3, 4]
