@@ -5,6 +5,7 @@
 The same seeded tiny Llama (real Llama-3 tokenizer) scores the same items in 1 process, then in N
 processes joined by a gloo process group (CPU; processes are forked from this one, so they start
 without re-importing anything; ``--threads`` torch threads each). The metrics of the two runs
+and every request's log-likelihood of the two runs
 must be identical (the script exits 1 otherwise). It prints the forward calls per rank (equal on
 all ranks, together ~ the single-rank count) and the wall-time ratio N-rank / 1-rank (slowest
 rank), next to a baseline measured in the same invocation: a fixed amount of the evaluation's
@@ -57,9 +58,12 @@ def timed_evaluations(args: argparse.Namespace) -> dict[str, Any]:
     for _ in range(args.repeats):
         forwards.clear()
         start = time.perf_counter()
-        metrics = evaluate_lm(model, tokenizer, args.tasks, manager, batch_size=args.batch_size, limit=args.limit).metrics
+        result = evaluate_lm(model, tokenizer, args.tasks, manager, batch_size=args.batch_size, limit=args.limit)
         times.append(time.perf_counter() - start)
-    return {'seconds': min(times), 'forward_calls': len(forwards), 'metrics': metrics}
+    loglikelihoods = None if result.items is None else {
+        f"{item['task']}/{item['doc_id']}": item['loglikelihoods'] for item in result.items}
+    return {'seconds': min(times), 'forward_calls': len(forwards), 'metrics': result.metrics,
+            'loglikelihoods': loglikelihoods}
 
 
 def eval_worker(rank: int, world_size: int, port: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -139,6 +143,8 @@ def main(argv: list[str]) -> int:
     base_one, base_multi, _ = wall_ratio(calibration_worker, args)
     one, multi, (single, *ranks) = wall_ratio(eval_worker, args)
     identical = all(r['metrics'] == single['metrics'] for r in ranks)
+    # every request's log-likelihood, gathered on rank 0, exactly as one rank computed it
+    loglikelihoods_identical = ranks[0]['loglikelihoods'] == single['loglikelihoods']
     ratio, base_ratio = multi / one, base_multi / base_one
     report = {
         'tasks': args.tasks, 'limit': args.limit, 'batch_size': args.batch_size, 'threads_per_rank': args.threads,
@@ -146,6 +152,8 @@ def main(argv: list[str]) -> int:
         'one_rank_forward_calls': single['forward_calls'], 'n_ranks_forward_calls': [r['forward_calls'] for r in ranks],
         'baseline_one_s': round(base_one, 3), 'baseline_n_s': round(base_multi, 3), 'baseline_ratio': round(base_ratio, 3),
         'metrics_identical': identical, 'n_metrics': len(single['metrics']), 'metrics': single['metrics'],
+        'loglikelihoods_identical': loglikelihoods_identical,
+        'n_loglikelihoods': sum(len(v or ()) for v in single['loglikelihoods'].values()),
     }
     n = args.ranks
     print(f"tasks {','.join(args.tasks)}, limit {args.limit}, batch {args.batch_size}, {args.threads} thread(s)/rank")
@@ -155,11 +163,12 @@ def main(argv: list[str]) -> int:
           f"({[r['forward_calls'] for r in ranks]} per rank), ratio {ratio:.3f}")
     print(f"ideal ratio {1 / n:.3f}; lm_eval ratio / baseline ratio = {ratio / base_ratio:.3f} (1.0: the sharding "
           f"scales as well as this machine allows)")
-    print(f"metrics identical ({len(single['metrics'])} values): {identical}")
+    print(f"metrics identical ({len(single['metrics'])} values): {identical}; every request's log-likelihood "
+          f"identical ({report['n_loglikelihoods']} values): {loglikelihoods_identical}")
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(report, f, indent=1)
-    return 0 if identical else 1
+    return 0 if identical and loglikelihoods_identical else 1
 
 
 if __name__ == '__main__':

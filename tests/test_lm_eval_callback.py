@@ -103,6 +103,8 @@ def test_two_gloo_ranks_give_the_single_rank_results_with_half_the_forwards(loca
                        '--repeats', '1', '--calibration-steps', '2', '--include-path', local_tasks, '--json', str(out)]) == 0
     report = json.loads(out.read_text())
     assert report['metrics_identical'] and report['n_metrics'] == 10
+    # exact equality of every request's float log-likelihood: hellaswag 6 x 4 endings, winogrande 6 x 2, count 6 x 4
+    assert report['loglikelihoods_identical'] and report['n_loglikelihoods'] == 6 * 4 + 6 * 2 + 6 * 4
     # forward rows (context groups): hellaswag 4 contexts x 4 multi-token endings (docs 4, 5 repeat the
     # (context, ending) pairs of docs 0, 1 in another order), winogrande 6 docs x 2 partial contexts,
     # count 6 docs x 1 shared context; batches of 2 groups
