@@ -16,10 +16,12 @@ from composer.core import Callback
 from lm_eval.tasks._yaml_loader import load_yaml
 from llmfoundry.utils.builders import build_callback
 
-from lm_eval_helpers import LM_EVAL_TASKS, ROOT, continuation_logprob, hellaswag_items, load_script, tiny_model, train_tiny, write_local_tasks
+from lm_eval_helpers import (LM_EVAL_TASKS, ROOT, WINOGRANDE_ITEMS, continuation_logprob, hellaswag_items, load_script,
+                             tiny_model, train_tiny, write_local_tasks)
 from prefix_composer.evaluation.adapter import forward_chunks
 from prefix_composer.evaluation.callback import LMEvalCallback
-from prefix_composer.evaluation.harness import evaluate_lm, flatten_metrics
+from prefix_composer.evaluation.charbench.generate import DATA_DIR as CHARBENCH_DATA
+from prefix_composer.evaluation.harness import METRIC_PREFIX, evaluate_lm, flatten_metrics
 from prefix_composer.evaluation.tasks import TASKS_DIR, build_task_manager
 
 LOCAL_AND_CHARBENCH = ['local_hellaswag', 'local_winogrande', 'charbench_count_single']
@@ -74,7 +76,8 @@ def test_evaluate_lm_scores_like_direct_loglikelihoods_and_leaves_state_untouche
     rng = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state())
     manager = build_task_manager(LOCAL_AND_CHARBENCH, [local_tasks])
 
-    metrics = evaluate_lm(hf, tokenizer, LOCAL_AND_CHARBENCH, manager, batch_size=3, limit=4).metrics
+    result = evaluate_lm(hf, tokenizer, LOCAL_AND_CHARBENCH, manager, batch_size=3, limit=4)
+    metrics = result.metrics
 
     assert random.getstate() == rng[0]
     assert np.array_equal(np.random.get_state()[1], rng[1]) and torch.equal(torch.get_rng_state(), rng[2])
@@ -92,6 +95,32 @@ def test_evaluate_lm_scores_like_direct_loglikelihoods_and_leaves_state_untouche
     assert metrics['local_hellaswag/acc'] == correct / 4
     assert metrics['local_hellaswag/acc_norm'] == correct_norm / 4
     assert metrics['local_hellaswag/acc_stderr'] == pytest.approx(math.sqrt(correct / 4 * (1 - correct / 4) / 3))
+
+    # every scored choice of every task, recomputed request by request (float64 log-softmax, no batching)
+    items = {(item['task'], item['doc_id']): item for item in result.items}
+    references = {'local_hellaswag': [
+        (f"{it['activity_label']}: {it['ctx_a']} {it['ctx_b'].capitalize()}", [' ' + e for e in it['endings']], int(it['label']))
+        for it in hellaswag_items()[:4]]}
+    # winogrande partial scoring: one context per option (sentence up to "_" + option), the same continuation
+    references['local_winogrande'] = [
+        ([s[:s.index('_')] + a, s[:s.index('_')] + b], [' ' + s[s.index('_') + 1:].strip()] * 2, int(y) - 1)
+        for s, a, b, y in WINOGRANDE_ITEMS[:4]]
+    # CharBench: query then each choice with no delimiter (every choice starts with its own space)
+    references['charbench_count_single'] = [
+        (item['query'], item['choices'], item['gold'])
+        for item in map(json.loads, (CHARBENCH_DATA / 'count_single.jsonl').read_text().splitlines()[:4])]
+    for task, docs in references.items():
+        correct = correct_norm = 0
+        for doc_id, (contexts, choices, gold) in enumerate(docs):
+            contexts = contexts if isinstance(contexts, list) else [contexts] * len(choices)
+            scores = [continuation_logprob(hf, tokenizer, c, x) for c, x in zip(contexts, choices)]
+            assert items[(task, doc_id)]['gold'] == gold
+            assert items[(task, doc_id)]['loglikelihoods'] == pytest.approx(scores, rel=1e-5), (task, doc_id)
+            correct += int(np.argmax(scores)) == gold
+            correct_norm += int(np.argmax([v / len(x) for v, x in zip(scores, choices)])) == gold
+        assert metrics[f'{task}/acc'] == correct / 4, task
+        if task != 'local_winogrande':
+            assert metrics[f'{task}/acc_norm'] == correct_norm / 4, task
     assert set(metrics) == {f'{t}/{m}' for t in LOCAL_AND_CHARBENCH for m in ('acc', 'acc_stderr', 'acc_norm', 'acc_norm_stderr')
                             if not (t == 'local_winogrande' and m.startswith('acc_norm'))}
 
@@ -182,9 +211,12 @@ def test_train_py_run_logs_lm_eval_rows_and_keeps_training(tiny_mds, local_tasks
         rows = list(csv.DictReader(f))
     lm_rows = [r for r in rows if r['phase'] == 'lm_eval']
     assert [int(r['batch']) for r in lm_rows] == [2, 4]
-    for row in lm_rows:
-        for task in tasks:
-            for metric in ('acc', 'acc_stderr', 'acc_norm', 'acc_norm_stderr'):
-                assert 0.0 <= float(row[f'metrics/lm_eval/{task}/{metric}']) <= 1.0
+    # the last row is what evaluate_lm gives on the final weights (the checkpoint saved at the end of training)
+    rescored = load_script('eval_checkpoint').main([
+        str(tmp_path / 'smoke_cpu'), '--tasks', ','.join(tasks), '--limit', '2', '--batch-size', '4',
+        '--include-path', local_tasks, '--hf-dir', str(tmp_path / 'hf'), '--records-dir', str(tmp_path / 'records')])
+    assert len(rescored) == 8
+    assert {f'{METRIC_PREFIX}/{name}': value for name, value in rescored.items()} == {
+        key: float(value) for key, value in lm_rows[-1].items() if key.startswith(METRIC_PREFIX)}
     # training went on after the evaluations: a training loss for every batch
     assert [int(r['batch']) for r in rows if r['phase'] == 'train' and r['loss/train/total']] == [1, 2, 3, 4]
