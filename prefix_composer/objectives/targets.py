@@ -144,7 +144,7 @@ def build_target_table(pieces: list[bytes], specials: set[int], spec: ObjectiveS
         in_support[:, 0] = spec.support == 'inclusive'
         smooth = eps * _masked_softmax(score / spec.tau, in_support)
 
-    weights = np.zeros((vt, width))
+    weights = np.zeros(ids.shape)
     weights[:, 0] = 1.0 - eps
     weights += smooth
     weights[~has_prefix] = 0.0
