@@ -184,26 +184,32 @@ def summary_table(runs: dict[str, pd.DataFrame]) -> str:
     return markdown_table(headers, rows)
 
 
+def write_plots(runs_dir: str, out_root: str) -> dict[str, tuple[str, str, list[str]]]:
+    """Per family: its run names, summary table and the files written to ``<out_root>/<family>/`` (PNGs, then summary.md)."""
+    out = {}
+    for family, runs in group_by_family(runs_dir, load_runs(runs_dir)).items():
+        out_dir = os.path.join(out_root, family)
+        written = [path for spec in figures(runs) if (path := plot_figure(spec, runs, out_dir))]
+        table = summary_table(runs)
+        os.makedirs(out_dir, exist_ok=True)
+        written.append(os.path.join(out_dir, 'summary.md'))
+        with open(written[-1], 'w') as f:
+            f.write(f'# Final values of {len(runs)} runs of family {family} in {runs_dir}\n\n{table}\n')
+        out[family] = (', '.join(runs), table, written)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('runs_dir', nargs='?', help='folder of <variant>/metrics.csv (default: the YAMLs\' run_root)')
     parser.add_argument('--out-dir', help='where <family>/ with PNGs and summary.md goes (default: <runs>/summary)')
     args = parser.parse_args(argv)
     runs_dir = args.runs_dir or yaml_run_root()
-    out_root = args.out_dir or os.path.join(runs_dir, 'summary')
-
-    for family, runs in group_by_family(runs_dir, load_runs(runs_dir)).items():
-        out_dir = os.path.join(out_root, family)
-        written = [path for spec in figures(runs) if (path := plot_figure(spec, runs, out_dir))]
-        table = summary_table(runs)
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, 'summary.md'), 'w') as f:
-            f.write(f'# Final values of {len(runs)} runs of family {family} in {runs_dir}\n\n{table}\n')
-        print(f'\nFamily {family}: {", ".join(runs)}')
+    for family, (names, table, written) in write_plots(runs_dir, args.out_dir or os.path.join(runs_dir, 'summary')).items():
+        print(f'\nFamily {family}: {names}')
         print(table)
         for path in written:
             print(f'Wrote {path}')
-        print(f'Wrote {os.path.join(out_dir, "summary.md")}')
     return 0
 
 

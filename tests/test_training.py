@@ -49,6 +49,10 @@ def test_every_objective_trains(objective, tiny_mds, tmp_path):
     assert (gap < 1e-5) if objective == 'ce' else (gap > 1e-4)
     evals = metrics[metrics.phase == 'eval']
     assert evals.batch.tolist() == [2, 4] and evals['metrics/eval/LanguageCrossEntropy'].notna().all()
+    strict, inclusive = evals['metrics/eval/PrefixMassStrict'], evals['metrics/eval/PrefixMassInclusive']
+    assert ((0 < strict) & (strict < inclusive) & (inclusive < 1)).all()
+    own_gap = (evals['metrics/eval/ObjectiveLoss'] - evals['metrics/eval/LanguageCrossEntropy']).abs().max()
+    assert (own_gap < 1e-5) if objective == 'ce' else (own_gap > 1e-4)
     assert sorted(os.listdir(tmp_path / objective / 'checkpoints')) == ['ep0-ba2-rank0.pt', 'ep0-ba4-rank0.pt', 'latest-rank0.pt']
 
 

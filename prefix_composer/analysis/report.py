@@ -17,6 +17,8 @@
   metrics (``metrics.csv`` ``phase=eval`` at the same tokens) have one value per run, not per item:
   the seeds are the paired units (exact sign-flip p over the per-seed differences, Student-t 95%
   interval, since a bootstrap over 2-3 values is never wider than their range; n/a with one seed).
+  They include the prefix masses P(s) and R(s) (the same definition for every run) and each run's
+  own training objective (``ObjectiveLoss``: mean ± sd only, never compared, since it differs by run).
 * p-values are adjusted over every comparison of a family's table (Holm by default, or BH). A
   row is marked when its adjusted p < ``alpha`` and its 95% CI excludes 0.
 """
@@ -58,7 +60,11 @@ VAL_METRICS = {
     'LanguageCrossEntropy': ('NLL', False, lambda v: math.log(v)),
     'LanguagePerplexity': ('perplexity', False, float),
     'TokenAccuracy': ('token accuracy', True, lambda v: 1 / v),
+    'PrefixMassStrict': ('prefix mass P(s)', None, None),      # defined by the vocabulary: comparable
+    'PrefixMassInclusive': ('prefix mass R(s)', None, None),
+    'ObjectiveLoss': ('own objective', False, None),           # each run's own objective: shown, not compared
 }
+NOT_COMPARED = {'ObjectiveLoss'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -388,7 +394,7 @@ def validation_rows(family: Family, variants: dict[str, dict[int, Run]], n_perm:
             mean, sd = mean_sd_over_seeds(x[:, None])  # one value per seed
             row = Row(**common, variant=variant, objective=objective_label(seeds[paired[0]].objective),
                       n_seeds=len(paired), mean=mean, sd=sd)
-            if variant != family.baseline:
+            if variant != family.baseline and name not in NOT_COMPARED:
                 y = np.array([base[s].validation[family.tokens][column] for s in paired])
                 row.diff = float(np.mean(x - y))
                 if len(paired) >= 2:  # seeds as the paired units: exact sign-flip p, Student-t interval

@@ -7,6 +7,7 @@ from prefix_composer.objectives.targets import (
     SparseTargets,
     TargetTable,
     build_target_table,
+    prefix_indicator_table,
     strict_prefix_ids,
 )
 from prefix_composer.objectives.vocab import special_token_ids, token_byte_strings
@@ -18,6 +19,7 @@ __all__ = [
     'SparseTargets',
     'TargetTable',
     'build_target_table',
+    'prefix_indicator_table',
     'special_token_ids',
     'strict_prefix_ids',
     'token_byte_strings',

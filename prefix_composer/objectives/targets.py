@@ -129,15 +129,7 @@ def build_target_table(pieces: list[bytes], specials: set[int], spec: ObjectiveS
         # q_y = (1-eps) = (1-eps-mass) sparse + mass from the uniform closed form.
         return _table(gold[:, None], np.full((vt, 1), 1.0 - eps - mass), uniform_mass=mass, uniform_count=vt)
 
-    prefixes = strict_prefix_ids(pieces, specials)
-    width = 1 + max(len(p) for p in prefixes)
-    counts = np.fromiter(map(len, prefixes), dtype=np.int64, count=vt)
-    rows = np.repeat(gold, counts)
-    cols = 1 + np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
-    ids = np.repeat(gold[:, None], width, axis=1)  # padding repeats the gold id ...
-    ids[rows, cols] = np.fromiter(itertools.chain.from_iterable(prefixes), dtype=np.int64, count=rows.size)
-    member = np.zeros((vt, width), dtype=bool)  # ... and is masked out here
-    member[rows, cols] = True
+    ids, member = _prefix_columns(pieces, specials)
     has_prefix = member[:, 1:].any(axis=1)
 
     if spec.objective == 'prefix_simple':
@@ -152,12 +144,38 @@ def build_target_table(pieces: list[bytes], specials: set[int], spec: ObjectiveS
         in_support[:, 0] = spec.support == 'inclusive'
         smooth = eps * _masked_softmax(score / spec.tau, in_support)
 
-    weights = np.zeros((vt, width))
+    weights = np.zeros(ids.shape)
     weights[:, 0] = 1.0 - eps
     weights += smooth
     weights[~has_prefix] = 0.0
     weights[~has_prefix, 0] = 1.0  # no prefix (or special gold): one-hot
     return _table(ids, weights)
+
+
+def prefix_indicator_table(pieces: list[bytes], specials: set[int]) -> TargetTable:
+    """Per gold id the indicator of its strict prefixes ``P(s)``: weight 1 on each id of ``P(s)``,
+    0 on the gold column and the padding, so that ``Σ_k weights[y,k]·p[ids[y,k]] = p(P(s))`` and
+    ``p(R(s)) = p(P(s)) + p[y]`` (special gold ids have ``P(s) = ∅``). Defined by the vocabulary
+    alone: the same table for every objective."""
+    ids, member = _prefix_columns(pieces, specials)
+    return _table(ids, member.astype(np.float64))
+
+
+def _prefix_columns(pieces: list[bytes], specials: set[int]) -> tuple[np.ndarray, np.ndarray]:
+    """``ids`` [Vt, 1 + max |P(s)|]: column 0 the gold id, then its strict prefixes, padding repeats
+    the gold id; ``member`` marks the prefix columns (False on column 0 and the padding)."""
+    vt = len(pieces)
+    gold = np.arange(vt, dtype=np.int64)
+    prefixes = strict_prefix_ids(pieces, specials)
+    width = 1 + max(len(p) for p in prefixes)
+    counts = np.fromiter(map(len, prefixes), dtype=np.int64, count=vt)
+    rows = np.repeat(gold, counts)
+    cols = 1 + np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    ids = np.repeat(gold[:, None], width, axis=1)  # padding repeats the gold id ...
+    ids[rows, cols] = np.fromiter(itertools.chain.from_iterable(prefixes), dtype=np.int64, count=rows.size)
+    member = np.zeros((vt, width), dtype=bool)  # ... and is masked out here
+    member[rows, cols] = True
+    return ids, member
 
 
 def _masked_softmax(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:

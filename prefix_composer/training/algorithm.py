@@ -2,8 +2,9 @@
 
 Like Composer's ``LabelSmoothing``: at ``BEFORE_LOSS`` it puts the sparse target of every
 position (``TargetTable.lookup`` of the next-token labels) into ``state.batch[SOFT_TARGETS_KEY]``,
-and removes it at ``AFTER_LOSS``. The table is built once, at ``INIT``, from the model's
-tokenizer. See ``objectives/targets.py`` for the math of each objective.
+and removes it at ``AFTER_LOSS``; at ``EVAL_BEFORE_FORWARD`` it puts the targets of the evaluation
+batch there too, for the ``ObjectiveLoss`` validation metric (``metrics.py``). The table is built
+once, at ``INIT``, from the model's tokenizer. See ``objectives/targets.py`` for the math of each objective.
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ class PrefixSmoothing(Algorithm):
         self.table: TargetTable | None = None
 
     def match(self, event: Event, state: State) -> bool:
-        return event in (Event.INIT, Event.BEFORE_LOSS, Event.AFTER_LOSS)
+        return event in (Event.INIT, Event.BEFORE_LOSS, Event.AFTER_LOSS, Event.EVAL_BEFORE_FORWARD)
 
     def apply(self, event: Event, state: State, logger: Logger) -> None:
         if event == Event.INIT:
             self.table = self._build(state)
-        elif event == Event.BEFORE_LOSS:
+        elif event == Event.BEFORE_LOSS or (event == Event.EVAL_BEFORE_FORWARD and 'labels' in state.batch):
             labels = next_token_labels(state.batch['labels']).reshape(-1)
             if self.table.ids.device != labels.device:
                 self.table = self.table.to(labels.device)

@@ -7,7 +7,9 @@ puts in ``batch[SOFT_TARGETS_KEY]``; without the algorithm the target is one-hot
 (``loss/train/total``, ``loss/train/nll``). With ``loss_impl: fused`` (the default) the training
 forward stops at the final hidden states and the loss runs the (tied) LM head chunk by chunk
 (``losses/fused.py``), never materialising the [tokens x vocab] logits. Evaluation always computes
-full logits; its metrics are plain cross-entropy, perplexity and token accuracy for every objective.
+full logits; its metrics are plain cross-entropy, perplexity and token accuracy for every objective,
+the mean probability on the gold token's strict prefixes P(s) and on R(s) (defined by the
+vocabulary, the same for every objective) and the run's own objective (``metrics.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from transformers.modeling_outputs import CausalLMOutput
 from prefix_composer.constants import IGNORE_INDEX, SOFT_TARGETS_KEY
 from prefix_composer.losses import fused_linear_soft_target_cross_entropy, soft_target_cross_entropy
 from prefix_composer.training.labels import next_token_labels, one_hot_targets
+from prefix_composer.training.metrics import ObjectiveLoss, PrefixMassInclusive, PrefixMassStrict, VocabularyPrefixes
 
 DEFAULT_LOSS_IMPL = 'fused'
 
@@ -52,12 +55,14 @@ class PrefixLlamaForCausalLM(HuggingFaceModel):
                 f'model.config.vocab_size={llama_config.vocab_size} is smaller than the tokenizer '
                 f'({len(tokenizer)} ids); set it to at least {len(tokenizer)} (e.g. 128256 for Llama-3).',
             )
+        prefixes = VocabularyPrefixes.of_tokenizer(tokenizer)  # one table for both prefix masses, built at the first evaluation
         super().__init__(
             model=LlamaForCausalLM(llama_config),
             tokenizer=tokenizer,
             use_logits=True,
             metrics=[],  # the training loss writes its gradient into the logits: no train metrics on them
-            eval_metrics=[LanguageCrossEntropy(), LanguagePerplexity(), TokenAccuracy()],
+            eval_metrics=[LanguageCrossEntropy(), LanguagePerplexity(), TokenAccuracy(), PrefixMassStrict(prefixes),
+                          PrefixMassInclusive(prefixes), ObjectiveLoss()],
             shift_labels=True,
             allow_embedding_resizing=False,
         )
