@@ -1,5 +1,6 @@
 """Experiment YAMLs: generated from their family base, identical except for the objective, with
-the briefs' constants and a parameter count that a fresh count reproduces; same data order."""
+the briefs' constants and a parameter count that a fresh count reproduces; same data order for
+replica k of every variant, another order (and init seed) for another replica."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from omegaconf import OmegaConf as om
 from streaming import MDSWriter
 from streaming.base.util import clean_stale_shared_memory
 
+from prefix_composer.analysis import report
 from prefix_composer.config import load_config
+from prefix_composer.evaluation.records import run_identity
 from prefix_composer.training.param_count import count_llama_parameters
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,9 +28,16 @@ import make_yamls  # noqa: E402
 
 FAMILIES = {f.base: [v.name for v in f.variants] for f in make_yamls.FAMILIES}
 ALL_VARIANTS = [name for names in FAMILIES.values() for name in names]
+SEEDS = make_yamls.DEFAULT_SEEDS
+VARIANTS = {v.name: v for f in make_yamls.FAMILIES for v in f.variants}
+# Replica k of a variant as the path stem relative to yamls/ (``ce``, ``replicas/ce_seed1``, ...).
+REPLICAS = {(name, k): make_yamls.replica_file(VARIANTS[name], k).removesuffix('.yaml') for name in ALL_VARIANTS for k in SEEDS}
+# The keys the base derives from variables.global_seed: all that may differ between replicas.
+SEED_KEYS = {'variables.global_seed', 'seed', 'train_loader.dataset.shuffle_seed'}
 
 
 def resolved(name: str, overrides: tuple[str, ...] = ()) -> dict:
+    """The resolved config of ``yamls/<name>.yaml`` (``name`` may be ``replicas/<stem>``)."""
     return om.to_container(load_config(str(YAMLS / f'{name}.yaml'), overrides), resolve=True)
 
 
@@ -40,14 +50,15 @@ def flatten(tree, prefix: str = '') -> dict[str, object]:
     return {prefix[:-1]: tree}
 
 
-def without_objective(name: str) -> dict[str, object]:
-    """Resolved config minus run_name and algorithms; a path segment equal to run_name becomes a marker."""
+def without_objective(name: str, drop: tuple[str, ...] = ('algorithms',)) -> dict[str, object]:
+    """Resolved config minus run_name and ``drop``; a path segment equal to run_name becomes a marker."""
     cfg = resolved(name)
     run_name = cfg.pop('run_name')
-    cfg.pop('algorithms')
+    for key in drop:
+        cfg.pop(key)
 
     def mark(value):
-        if not isinstance(value, str):
+        if not isinstance(value, str) or '/' not in value:
             return value
         return '/'.join('<run_name>' if part == run_name else part for part in value.split('/'))
 
@@ -56,27 +67,47 @@ def without_objective(name: str) -> dict[str, object]:
 
 # -- generator ----------------------------------------------------------------------------------
 
+def generated_files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob('*.yaml'))
+
+
 def test_committed_yamls_are_what_the_generator_writes(tmp_path):
     assert make_yamls.main(['--out-dir', str(tmp_path)]) == 0
-    generated = sorted(p.name for p in tmp_path.iterdir())
-    assert generated == sorted(f'{n}.yaml' for n in ALL_VARIANTS)
-    assert len(generated) == 7 + 13
+    generated = generated_files(tmp_path)
+    assert generated == sorted(f'{stem}.yaml' for stem in REPLICAS.values())
+    assert len(generated) == (8 + 13) * len(SEEDS) and len(SEEDS) == 3
+    by_hand = {'smoke_cpu.yaml'} | {str(p.relative_to(YAMLS)) for p in (YAMLS / 'base').iterdir()}
+    assert set(generated_files(YAMLS)) - by_hand == set(generated), 'yamls/ holds YAMLs the generator does not write'
     for name in generated:
         assert (tmp_path / name).read_bytes() == (YAMLS / name).read_bytes(), f'yamls/{name} is stale'
 
 
+def test_seeds_flag_sets_the_replicas(tmp_path, capsys):
+    assert make_yamls.main(['--out-dir', str(tmp_path), '--seeds', '0', '4']) == 0
+    assert generated_files(tmp_path) == sorted(make_yamls.replica_file(VARIANTS[n], k) for n in ALL_VARIANTS for k in (0, 4))
+    assert (tmp_path / 'ce.yaml').read_bytes() == (YAMLS / 'ce.yaml').read_bytes()  # replica 0 is the same file
+    replica = om.create((tmp_path / 'replicas' / 'ce_seed4.yaml').read_text())
+    assert replica.run_name == 'ce_seed4' and replica.variables.global_seed == resolved('ce')['seed'] + 4
+    with pytest.raises(SystemExit):
+        make_yamls.main(['--out-dir', str(tmp_path), '--seeds', '1', '1'])
+    assert '--seeds must be distinct' in capsys.readouterr().err
+
+
 def test_check_flags_a_stale_yaml_and_exits_1(tmp_path, capsys):
-    assert make_yamls.main(['--out-dir', str(tmp_path)]) == 0
-    assert make_yamls.main(['--check', '--out-dir', str(tmp_path)]) == 0
+    seeds = ['--seeds', '0', '1']
+    assert make_yamls.main(['--out-dir', str(tmp_path), *seeds]) == 0
+    assert make_yamls.main(['--check', '--out-dir', str(tmp_path), *seeds]) == 0
     stale = tmp_path / 'ce.yaml'
     stale.write_text(stale.read_text().replace('lr: 6.0e-4', 'lr: 1.0e-3'))
     (tmp_path / 'b000_unnorm_tau2.yaml').unlink()
+    (tmp_path / 'replicas' / 'prefix_simple_seed1.yaml').unlink()
     capsys.readouterr()
-    assert make_yamls.main(['--check', '--out-dir', str(tmp_path)]) == 1  # the script's exit status
+    assert make_yamls.main(['--check', '--out-dir', str(tmp_path), *seeds]) == 1  # the script's exit status
     printed = capsys.readouterr().out
     assert f'stale: {stale} (differs)' in printed
     assert f'stale: {tmp_path / "b000_unnorm_tau2.yaml"} (missing)' in printed
-    assert 'label_smoothing.yaml' not in printed
+    assert f'stale: {tmp_path / "replicas" / "prefix_simple_seed1.yaml"} (missing)' in printed
+    assert 'label_smoothing.yaml' not in printed and 'ce_seed1.yaml' not in printed
 
 
 def test_generator_refuses_a_base_without_one_algorithms_block():
@@ -101,6 +132,7 @@ EXPECTED_OBJECTIVES = {
     'prefix_norm_eps1': ('prefix_softmax_norm', 1.0, 1.0),
     'prefix_unnorm_eps0p1': ('prefix_softmax', 0.1, 1.0),
     'prefix_unnorm_eps1': ('prefix_softmax', 1.0, 1.0),
+    'prefix_longest_eps0p1': ('prefix_softmax', 0.1, make_yamls.LONGEST_PREFIX_TAU, 'strict'),
     'b000_ce': ('ce', 0.0, 1.0),
     **{f'b000_norm_tau{tag}': ('prefix_softmax_norm', 1.0, t) for tag, t in
        [('0p05', 0.05), ('0p1', 0.1), ('0p2', 0.2), ('0p5', 0.5), ('1', 1.0), ('2', 2.0)]},
@@ -109,25 +141,64 @@ EXPECTED_OBJECTIVES = {
 }
 
 
-@pytest.mark.parametrize('name', ALL_VARIANTS)
-def test_variant_objective_and_run_name(name):
-    cfg = resolved(name)
-    objective, eps, tau = EXPECTED_OBJECTIVES[name]
-    assert cfg['algorithms'] == {'prefix_smoothing': {'objective': objective, 'eps': eps, 'tau': tau, 'support': 'inclusive'}}
-    assert cfg['run_name'] == name  # = the YAML stem, so a restarted job resumes into the same folder
-    assert cfg['save_folder'] == f'/mnt/runs/{name}/checkpoints' and cfg['autoresume'] is True
-    assert cfg['loggers']['csv']['path'] == f'/mnt/runs/{name}/metrics.csv'
+@pytest.mark.parametrize('name, k', list(REPLICAS))
+def test_variant_objective_and_run_name(name, k):
+    cfg = resolved(REPLICAS[name, k])
+    objective, eps, tau, *support = EXPECTED_OBJECTIVES[name]
+    support = support[0] if support else 'inclusive'
+    assert cfg['algorithms'] == {'prefix_smoothing': {'objective': objective, 'eps': eps, 'tau': tau, 'support': support}}
+    run_name = Path(REPLICAS[name, k]).name
+    assert run_name == (name if k == 0 else f'{name}_seed{k}')
+    assert cfg['run_name'] == run_name  # = the YAML stem, so a restarted job resumes into the same folder
+    assert cfg['save_folder'] == f'/mnt/runs/{run_name}/checkpoints' and cfg['autoresume'] is True
+    assert cfg['loggers']['csv']['path'] == f'/mnt/runs/{run_name}/metrics.csv'
+
+
+def differing_keys(a: dict[str, object], b: dict[str, object]) -> set[str]:
+    return {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+
+
+@pytest.mark.parametrize('k', SEEDS)
+@pytest.mark.parametrize('base', list(FAMILIES))
+def test_variants_of_a_family_differ_only_in_objective_and_run_name(base, k):
+    names = FAMILIES[base]
+    reference = without_objective(REPLICAS[names[0], k])
+    assert len(reference) > 60
+    for name in names[1:]:
+        diff = differing_keys(reference, without_objective(REPLICAS[name, k]))
+        assert not diff, f'replica {k}: {names[0]} and {name} differ in {sorted(diff)}'
 
 
 @pytest.mark.parametrize('base', list(FAMILIES))
-def test_variants_of_a_family_differ_only_in_objective_and_run_name(base):
-    names = FAMILIES[base]
-    reference = without_objective(names[0])
-    assert len(reference) > 60
-    for name in names[1:]:
-        other = without_objective(name)
-        diff = {k for k in reference.keys() | other.keys() if reference.get(k) != other.get(k)}
-        assert not diff, f'{names[0]} and {name} differ in {sorted(diff)}'
+def test_replicas_of_a_variant_differ_only_in_the_seed(base):
+    seeds = {}  # replica k -> its seed, the same for every variant
+    for name in FAMILIES[base]:
+        replicas = {k: without_objective(REPLICAS[name, k], drop=()) for k in SEEDS}
+        for k in SEEDS[1:]:
+            assert differing_keys(replicas[0], replicas[k]) == SEED_KEYS, f'{name}: replica 0 vs {k}'
+        for k, cfg in replicas.items():
+            assert len({cfg[key] for key in SEED_KEYS}) == 1  # init and data order follow one seed
+            assert seeds.setdefault(k, cfg['seed']) == cfg['seed'], f'{name} replica {k} is not paired with {FAMILIES[base][0]}'
+    assert len(set(seeds.values())) == len(SEEDS)
+
+
+def test_compare_runs_pairs_the_replicas_by_seed():
+    """compare_runs' identity of each replica (run_identity, as the lm-eval records store it) puts
+    every YAML in its family, under its variant, one run per seed, the same seeds for all variants."""
+    runs = []
+    for stem in REPLICAS.values():
+        cfg = resolved(stem)
+        run = run_identity(cfg['run_name'], cfg['seed'], cfg['model']['config'], cfg['algorithms']['prefix_smoothing'])
+        runs.append(report.Run(folder=stem, name=run['run_name'], variant=report.SEED_SUFFIX.sub('', run['run_name']),
+                               seed=run['seed'], objective=run['objective'], model=run['model'], records={}, validation={}))
+    families = report.group_families(runs)
+    assert sorted(sorted({r.variant for r in f}) for f in families) == sorted(sorted(names) for names in FAMILIES.values())
+    for family in families:
+        variants = report.check_variants(family)
+        seed_sets = {frozenset(seeds) for seeds in variants.values()}
+        assert len(seed_sets) == 1 and len(next(iter(seed_sets))) == len(SEEDS)
+        for variant, seeds in variants.items():
+            assert {run.folder for run in seeds.values()} == {REPLICAS[variant, k] for k in SEEDS}
 
 
 def test_family_constants():
@@ -199,11 +270,11 @@ def numbered_mds(tmp_path_factory):
     return root
 
 
-def first_train_batch(name: str, mds_dir: Path, tokenizer, extra: tuple[str, ...] = ()) -> np.ndarray:
+def first_train_batch(name: str, mds_dir: Path, tokenizer) -> np.ndarray:
     from llmfoundry.data.dataloader import build_dataloader
 
     overrides = (f'variables.data.mds_dir={mds_dir}', f'max_seq_len={SEQ_LEN}', 'train_loader.num_workers=0',
-                 'train_loader.prefetch_factor=null', 'train_loader.persistent_workers=false', *extra)
+                 'train_loader.prefetch_factor=null', 'train_loader.persistent_workers=false')
     cfg = resolved(name, overrides)
     clean_stale_shared_memory()
     spec = build_dataloader(cfg['train_loader'], tokenizer, 4)
@@ -213,15 +284,17 @@ def first_train_batch(name: str, mds_dir: Path, tokenizer, extra: tuple[str, ...
     return batch
 
 
-def test_variants_see_the_same_first_batch(numbered_mds, tokenizer):
-    batches = {name: first_train_batch(name, numbered_mds, tokenizer) for name in ('ce', 'prefix_unnorm_eps1', 'b000_norm_tau0p05')}
+@pytest.mark.parametrize('k', SEEDS[:2])
+def test_replica_k_of_every_variant_sees_the_same_first_batch(k, numbered_mds, tokenizer):
+    names = ('ce', 'prefix_unnorm_eps1', 'b000_norm_tau0p05')
+    batches = {name: first_train_batch(REPLICAS[name, k], numbered_mds, tokenizer) for name in names}
     ce = batches['ce']
     assert ce.shape == (4, SEQ_LEN)
     rows = ce[:, 0] // SEQ_LEN
     assert (ce == rows[:, None] * SEQ_LEN + np.arange(SEQ_LEN)).all()  # whole samples
     assert not np.array_equal(rows, np.arange(4))  # shuffled, not the first 4 samples
     for name, batch in batches.items():
-        np.testing.assert_array_equal(batch, ce, err_msg=f'{name} sees another first batch than ce')
-    # The comparison can fail: another shuffle seed gives another batch.
-    reseeded = first_train_batch('ce', numbered_mds, tokenizer, ('variables.global_seed=18',))
-    assert not np.array_equal(reseeded, ce)
+        np.testing.assert_array_equal(batch, ce, err_msg=f'{name} replica {k} sees another first batch than ce')
+    # The comparison can fail: the next replica of ce sees another batch.
+    other = first_train_batch(REPLICAS['ce', k + 1], numbered_mds, tokenizer)
+    assert not np.array_equal(other, ce), f'replicas {k} and {k + 1} of ce see the same first batch'

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from prefix_composer.objectives.targets import OBJECTIVES, ObjectiveSpec, build_target_table
+from prefix_composer.objectives.targets import OBJECTIVES, ObjectiveSpec, build_target_table, strict_prefix_ids
 
 EPSILONS = (0.0, 0.1, 1.0)
 TAUS = (0.05, 1.0, 2.0)
@@ -172,3 +172,46 @@ def test_lookup_gathers_only_the_batch_support(tokenizer, byte_vocab):
     assert 1 < k < table.ids.shape[1]  # the batch's longest support, not K
     assert torch.equal(targets.ids, table.ids[safe, :k]) and torch.equal(targets.weights, table.weights[safe, :k])
     assert (table.weights[safe, k:] == 0).all()  # nothing with mass was cut off
+
+
+# -- per-id statistics (objectives.stats) -----------------------------------------------------------
+
+TINY_PIECES = [b'a', b'ab', b'abc', b'abcd', b'b', b'ba', b'<s>', b'x']
+TINY_SPECIALS = {6}
+
+
+@pytest.mark.parametrize('spec', [ObjectiveSpec(o, eps, tau, sup) for o in OBJECTIVES for eps in (0.0, 0.1, 1.0)
+                                  for tau in (0.05, 1.0) for sup in SUPPORTS])
+def test_stats_match_dense_float64_targets(spec):
+    from prefix_composer.objectives.stats import per_id_stats
+
+    table = build_target_table(TINY_PIECES, TINY_SPECIALS, spec)
+    off_gold, entropy = per_id_stats(table)
+    vt = len(TINY_PIECES)
+    for y in range(vt):
+        q = dense_row(table, y, vt).clamp_min(0.0)  # label smoothing at eps=1: gold 1-eps-u+u rounds to about 0
+        assert off_gold[y].item() == pytest.approx((q.sum() - q[y]).item(), abs=1e-12)
+        assert entropy[y].item() == pytest.approx(-torch.special.xlogy(q, q).sum().item(), abs=1e-12)
+
+
+def test_longest_prefix_variant_puts_eps_on_the_longest_strict_prefix(byte_vocab):
+    """yamls/prefix_longest_eps0p1 (modded-nanogpt PR #337): >= 0.999 of eps on the longest prefix."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'scripts'))
+    import make_yamls
+
+    variant = next(v for f in make_yamls.FAMILIES for v in f.variants if v.name == 'prefix_longest_eps0p1')
+    spec = ObjectiveSpec(**variant.algorithms()['prefix_smoothing'])
+    pieces, specials = byte_vocab
+    table = build_target_table(pieces, specials, spec)
+    assert torch.isfinite(table.weights).all()
+    longest = torch.tensor([p[-1] if p else -1 for p in strict_prefix_ids(pieces, specials)])
+    with_prefix = torch.nonzero(longest >= 0).squeeze(1)
+    assert len(with_prefix) > 100_000
+    rows = table.weights[with_prefix].double()
+    on_longest = (rows * (table.ids[with_prefix] == longest[with_prefix, None])).sum(dim=1)
+    assert (on_longest >= 0.999 * spec.eps).all(), f'min share {float(on_longest.min() / spec.eps)}'
+    gold = (rows * (table.ids[with_prefix] == with_prefix[:, None])).sum(dim=1)
+    torch.testing.assert_close(gold, torch.full_like(gold, 1 - spec.eps), rtol=0, atol=1e-7)

@@ -34,8 +34,17 @@ def read_metrics(run_root, run_name) -> pd.DataFrame:
     return pd.read_csv(os.path.join(run_root, run_name, 'metrics.csv'))
 
 
+CE_WARNING = 'this objective is plain cross-entropy on this data'
+
+
+def setup_row(metrics: pd.DataFrame) -> pd.Series:
+    setup = metrics[metrics.phase == 'setup']
+    assert setup.batch.tolist() == [0]  # measured before batch 1
+    return setup.iloc[0]
+
+
 @pytest.mark.parametrize('objective', OBJECTIVES)
-def test_every_objective_trains(objective, tiny_mds, tmp_path):
+def test_every_objective_trains(objective, tiny_mds, tmp_path, tokenizer, capfd):
     train_main([SMOKE, *tiny_overrides(tiny_mds, tmp_path, run_name=objective,
                                         **{'algorithms.prefix_smoothing.objective': objective,
                                            'algorithms.prefix_smoothing.eps': 0.1})])
@@ -54,6 +63,29 @@ def test_every_objective_trains(objective, tiny_mds, tmp_path):
     own_gap = (evals['metrics/eval/ObjectiveLoss'] - evals['metrics/eval/LanguageCrossEntropy']).abs().max()
     assert (own_gap < 1e-5) if objective == 'ce' else (own_gap > 1e-4)
     assert sorted(os.listdir(tmp_path / objective / 'checkpoints')) == ['ep0-ba2-rank0.pt', 'ep0-ba4-rank0.pt', 'latest-rank0.pt']
+    # What the objective asks for on the first batch: 4 sequences x 31 scored positions.
+    setup = setup_row(metrics)
+    mass, entropy = setup['metrics/setup/target_off_gold_mass'], setup['metrics/setup/target_entropy']
+    assert setup['metrics/setup/target_positions'] == 4 * 31
+    if objective == 'ce':
+        assert mass == 0 and entropy == 0
+    elif objective == 'label_smoothing':  # every position: 1-eps on gold, eps/(V-1) on each other id
+        v = len(tokenizer)
+        assert mass == pytest.approx(0.1, rel=1e-6)
+        assert entropy == pytest.approx(-0.9 * math.log(0.9) - 0.1 * math.log(0.1 / (v - 1)), rel=1e-6)
+    else:  # prefix objectives: at most eps, on the positions whose gold token has a prefix
+        assert 1e-3 < mass <= 0.1 + 1e-7 and entropy > 0
+    assert CE_WARNING not in capfd.readouterr().err  # llm-foundry's console handler writes the log to stderr
+
+
+def test_an_objective_that_is_plain_ce_on_the_data_warns(tiny_mds, tmp_path, capfd):
+    """brief 000's prefix_softmax at eps 1, tau 0.05: the gold token keeps all but ~1e-9 of the mass."""
+    train_main([SMOKE, *tiny_overrides(tiny_mds, tmp_path, run_name='tau0p05', max_duration='1ba',
+                                        **{'algorithms.prefix_smoothing.eps': 1.0, 'algorithms.prefix_smoothing.tau': 0.05})])
+    mass = setup_row(read_metrics(tmp_path, 'tau0p05'))['metrics/setup/target_off_gold_mass']
+    assert 0 < mass < 1e-4
+    warnings = [line for line in capfd.readouterr().err.splitlines() if CE_WARNING in line]
+    assert len(warnings) == 1 and 'WARNING' in warnings[0] and 'tau=0.05' in warnings[0]
 
 
 def test_composer_cli_trains_and_autoresumes(tiny_mds, tmp_path):

@@ -5,6 +5,13 @@ position (``TargetTable.lookup`` of the next-token labels) into ``state.batch[SO
 and removes it at ``AFTER_LOSS``; at ``EVAL_BEFORE_FORWARD`` it puts the targets of the evaluation
 batch there too, for the ``ObjectiveLoss`` validation metric (``metrics.py``). The table is built
 once, at ``INIT``, from the model's tokenizer. See ``objectives/targets.py`` for the math of each objective.
+
+Before the first batch is trained (``AFTER_DATALOADER`` of the first batch this process sees) it
+measures what the objective asks for on that batch, summed over all ranks: the mean off-gold
+target mass and the mean target entropy over the scored positions (``objectives.stats``,
+float64). Both go to the console and to the loggers as ``metrics/setup/...`` (a ``phase=setup``
+row of ``metrics.csv``); a non-``ce`` objective whose off-gold mass is below
+``warn_off_gold_below`` gets a one-line warning: it is plain cross-entropy on this data.
 """
 
 from __future__ import annotations
@@ -12,11 +19,14 @@ from __future__ import annotations
 import logging
 import time
 
+import torch
 from composer.core import Algorithm, Event, State
 from composer.loggers import Logger
+from composer.utils import dist
 
 from prefix_composer.constants import IGNORE_INDEX, SOFT_TARGETS_KEY
 from prefix_composer.objectives import ObjectiveSpec, TargetTable, build_target_table, token_byte_strings
+from prefix_composer.objectives.stats import per_id_stats
 from prefix_composer.training.labels import next_token_labels
 
 log = logging.getLogger(__name__)
@@ -26,18 +36,29 @@ class PrefixSmoothing(Algorithm):
     """Train against the targets of ``objective`` (ce, label_smoothing, prefix_simple,
     prefix_softmax, prefix_softmax_norm) with smoothing mass ``eps``, temperature ``tau`` and
     softmax ``support`` (inclusive: over R(s); strict: over P(s)). Registered as ``prefix_smoothing``.
+    ``warn_off_gold_below``: warn when the first batch's mean off-gold target mass is below this.
     """
 
-    def __init__(self, objective: str = 'prefix_softmax', eps: float = 0.1, tau: float = 1.0, support: str = 'inclusive'):
+    def __init__(self, objective: str = 'prefix_softmax', eps: float = 0.1, tau: float = 1.0, support: str = 'inclusive',
+                 warn_off_gold_below: float = 1e-4):
         self.spec = ObjectiveSpec(objective=objective, eps=eps, tau=tau, support=support)
+        if not (isinstance(warn_off_gold_below, (int, float)) and warn_off_gold_below >= 0):
+            raise ValueError(f'algorithms.prefix_smoothing.warn_off_gold_below must be a number >= 0, got {warn_off_gold_below!r}.')
+        self.warn_off_gold_below = float(warn_off_gold_below)
         self.table: TargetTable | None = None
+        self.id_stats: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.measured = False
 
     def match(self, event: Event, state: State) -> bool:
-        return event in (Event.INIT, Event.BEFORE_LOSS, Event.AFTER_LOSS, Event.EVAL_BEFORE_FORWARD)
+        return (event in (Event.INIT, Event.BEFORE_LOSS, Event.AFTER_LOSS, Event.EVAL_BEFORE_FORWARD)
+                or (event == Event.AFTER_DATALOADER and not self.measured))
 
     def apply(self, event: Event, state: State, logger: Logger) -> None:
         if event == Event.INIT:
             self.table = self._build(state)
+            self.id_stats = per_id_stats(self.table)
+        elif event == Event.AFTER_DATALOADER:
+            self._measure(state, logger)
         elif event == Event.BEFORE_LOSS or (event == Event.EVAL_BEFORE_FORWARD and 'labels' in state.batch):
             labels = next_token_labels(state.batch['labels']).reshape(-1)
             if self.table.ids.device != labels.device:
@@ -45,6 +66,26 @@ class PrefixSmoothing(Algorithm):
             state.batch[SOFT_TARGETS_KEY] = self.table.lookup(labels, IGNORE_INDEX)
         elif event == Event.AFTER_LOSS:
             state.batch.pop(SOFT_TARGETS_KEY, None)
+
+    def _measure(self, state: State, logger: Logger) -> None:
+        """Mean off-gold mass and entropy of the targets of this batch's scored positions (all ranks)."""
+        self.measured = True
+        labels = next_token_labels(state.batch['labels']).reshape(-1)
+        scored = labels[labels != IGNORE_INDEX].cpu()
+        off_gold, entropy = self.id_stats
+        totals = torch.tensor([off_gold[scored].sum(), entropy[scored].sum(), scored.numel()], dtype=torch.float64,
+                              device=labels.device)
+        dist.all_reduce(totals)
+        mass, ent, n = (float(x) for x in totals.cpu())
+        mass, ent = mass / max(n, 1.0), ent / max(n, 1.0)
+        logger.log_metrics({'metrics/setup/target_off_gold_mass': mass, 'metrics/setup/target_entropy': ent,
+                            'metrics/setup/target_positions': n})
+        log.info('PrefixSmoothing %s on the first batch (%d positions): mean off-gold target mass %.6g, mean target '
+                 'entropy %.6g nats.', self.spec, n, mass, ent)
+        if self.spec.objective != 'ce' and mass < self.warn_off_gold_below:
+            log.warning('PrefixSmoothing objective=%s eps=%g tau=%g support=%s: mean off-gold target mass %.3g < %g on '
+                        'the first batch: this objective is plain cross-entropy on this data.', self.spec.objective,
+                        self.spec.eps, self.spec.tau, self.spec.support, mass, self.warn_off_gold_below)
 
     def _build(self, state: State) -> TargetTable:
         tokenizer = getattr(state.model, 'tokenizer', None)
