@@ -13,7 +13,7 @@ On the GPU machine (torch, transformers, triton, numpy, PyYAML; no Composer):
         --vendor gpu_vendor --out gpu_check_out [--sections loss chunks train]
 
 ``--smoke`` runs every path at tiny shapes on the CPU (the first 2048 ids of the vocabulary, a
-two-layer model); Liger-Kernel needs CUDA and is reported as skipped there. Sections:
+one-layer model); Liger-Kernel needs CUDA and is reported as skipped there. Sections:
 
 1. numerics (always, first): every objective (the two softmax ones with both supports), both loss
    paths (``logits``: ``z = h W^T`` then ``soft_target_cross_entropy``; ``fused``), float32 and bf16
@@ -88,8 +88,8 @@ class Shapes:
 
 FULL = Shapes(None, 64, 64, (8192, 32768), (576, 1536), (256, 512, 2048, 4096, 8192), 2048, 2, 6,
               (8, 16, 24, 32, 48, 64, 96, 128), {})
-SMOKE = Shapes(2048, 24, 16, (64, 96), (16, 32), (16, 40), 32, 1, 2, (1, 2),
-               {'hidden_size': 32, 'num_hidden_layers': 2, 'num_attention_heads': 2, 'num_key_value_heads': 1,
+SMOKE = Shapes(2048, 24, 16, (64,), (16,), (16, 40), 16, 1, 1, (1, 2),
+               {'hidden_size': 32, 'num_hidden_layers': 1, 'num_attention_heads': 2, 'num_key_value_heads': 1,
                 'intermediate_size': 64})
 
 
