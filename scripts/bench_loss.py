@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -27,15 +26,13 @@ import time
 
 import torch
 import torch.nn.functional as F
+from bench_common import IGNORE, benchmark_spec, dense_reference, errors_against, input_stds, memory_now, run_path, sync
 
 from prefix_composer.losses.fused import fused_linear_soft_target_cross_entropy
 from prefix_composer.losses.soft_target import soft_target_cross_entropy
-from prefix_composer.objectives.targets import OBJECTIVES, ObjectiveSpec, SparseTargets, build_target_table
+from prefix_composer.objectives.targets import OBJECTIVES, SparseTargets, build_target_table
 from prefix_composer.objectives.vocab import token_byte_strings
 from prefix_composer.tokenizer import PackagedLlama3Tokenizer
-
-IGNORE = -100
-EPS = {'ce': 0.0, 'label_smoothing': 0.1}  # prefix objectives: eps 1.0 (the production variant)
 
 
 def build_targets(objectives: list[str], tokens: list[int], folder: str) -> dict[str, str]:
@@ -46,7 +43,7 @@ def build_targets(objectives: list[str], tokens: list[int], folder: str) -> dict
     labels[::97] = IGNORE
     paths = {}
     for objective in objectives:
-        table = build_target_table(pieces, specials, ObjectiveSpec(objective, eps=EPS.get(objective, 1.0)))
+        table = build_target_table(pieces, specials, benchmark_spec(objective))
         rows = table.lookup(labels, IGNORE)
         paths[objective] = os.path.join(folder, f'{objective}.pt')
         torch.save({'labels': labels, 'ids': rows.ids, 'weights': rows.weights,
@@ -76,29 +73,6 @@ def head_method(name: str, labels: torch.Tensor, targets: SparseTargets):
     return lambda h, w: fused_linear_soft_target_cross_entropy(h, w, labels, targets, IGNORE, chunk)[0].backward()
 
 
-def sync(device: str) -> None:
-    if device == 'cuda':
-        torch.cuda.synchronize()
-
-
-def memory_now(device: str) -> int:
-    """Bytes: CUDA allocated, or the CPU process's peak RSS so far."""
-    if device == 'cuda':
-        return torch.cuda.max_memory_allocated()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def input_stds(job: dict) -> list[float]:
-    """Standard deviations of the random inputs, chosen so that the logits look like a language
-    model's (std 1-2): logits N(0, 2²); hidden states N(0, 1) (unit RMS after the final norm) and
-    head weight N(0, 1/d), so logits N(0, 1). A unit-std weight would give logits of std √d ≈ 39,
-    whose softmax underflows to float32 denormals: on CPU that made every matmul reading the
-    logit gradient ~5x slower and the timings meaningless (measured at N=2048, d=1536)."""
-    if job['kind'] == 'loss':
-        return [2.0]
-    return [1.0, job['hidden'] ** -0.5]
-
-
 def worker(job: dict) -> dict:
     """One measurement process: ``job['methods']`` is [[name, targets path], ...], run round-robin."""
     device, n, dtype = job['device'], job['n'], getattr(torch, job['dtype'])
@@ -109,7 +83,7 @@ def worker(job: dict) -> dict:
         runs[name] = make(name, labels, targets)
     shapes = [(n, vocab)] if job['kind'] == 'loss' else [(n, job['hidden']), (vocab, job['hidden'])]
     inputs = [torch.empty(shape, dtype=dtype, device=device).requires_grad_() for shape in shapes]
-    stds = input_stds(job)
+    stds = input_stds(job['kind'], job.get('hidden', 0))
 
     def refill():
         with torch.no_grad():
@@ -153,30 +127,15 @@ def check_numerics(paths: dict[str, str], device: str) -> None:
         gen = torch.Generator(device=device).manual_seed(1)
         hidden = torch.randn(48, 64, generator=gen, device=device, dtype=torch.float64)
         weight = torch.randn(vocab, 64, generator=gen, device=device, dtype=torch.float64) / 4
-        q = torch.zeros(48, vocab, dtype=torch.float64, device=device)
-        q.scatter_add_(1, targets.ids, targets.weights.double())
-        q[:, : targets.uniform_count] += targets.uniform_mass
-        z_ref = (hidden @ weight.t()).requires_grad_()
-        ref = -(q * torch.log_softmax(z_ref, -1)).sum(-1)[labels != IGNORE].mean()
-        ref.backward()
-        z = (hidden @ weight.t()).float().requires_grad_()
-        loss, _ = soft_target_cross_entropy(z, labels, targets, IGNORE)
-        loss.backward()
-        h, w = hidden.float().requires_grad_(), weight.float().requires_grad_()
-        fused, _ = fused_linear_soft_target_cross_entropy(h, w, labels, targets, IGNORE, chunk_tokens=7)
-        fused.backward()
-
-        def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-            return ((a.double() - b).abs().max() / b.abs().max()).item()
-
-        errors = {
-            'loss': rel(loss, ref.detach()), 'fused_loss': rel(fused, ref.detach()), 'grad_logits': rel(z.grad, z_ref.grad),
-            'grad_hidden': rel(h.grad, z_ref.grad @ weight), 'grad_weight': rel(w.grad, z_ref.grad.t() @ hidden),
-        }
+        ref = dense_reference(hidden, weight, labels, targets)
+        logits = errors_against(run_path('logits', hidden.float(), weight.float(), labels, targets), ref)
+        fused = errors_against(run_path('fused', hidden.float(), weight.float(), labels, targets, chunk_tokens=7), ref)
+        errors = {'loss': logits['loss'], 'fused_loss': fused['loss'], 'grad_logits': logits['grad_logits'],
+                  'grad_hidden': fused['grad_hidden'], 'grad_weight': fused['grad_weight']}
         if objective == 'ce':
             z_ce = (hidden @ weight.t()).float().requires_grad_()
             F.cross_entropy(z_ce, labels, ignore_index=IGNORE).backward()
-            errors['F.cross_entropy_grad'] = rel(z_ce.grad, z_ref.grad)
+            errors['F.cross_entropy_grad'] = errors_against({'grad_logits': z_ce.grad}, ref)['grad_logits']
         print(f'numerics {objective:20s} ' + ' '.join(f'{k}={v:.1e}' for k, v in errors.items()), flush=True)
         if not all(v < 1e-4 for v in errors.values()):
             raise SystemExit(f'{objective}: a path disagrees with the float64 reference: {errors}')

@@ -11,7 +11,7 @@ from test_loss import (FLOAT32_RTOL, FLOAT64_RTOL, IGNORE, PADDED_VOCAB, PIECES,
 from prefix_composer.constants import IGNORE_INDEX, SOFT_TARGETS_KEY
 from prefix_composer.losses.fused import fused_linear_soft_target_cross_entropy
 from prefix_composer.losses.soft_target import soft_target_cross_entropy
-from prefix_composer.training.labels import next_token_labels
+from prefix_composer.objectives.labels import next_token_labels
 from prefix_composer.training.model import PrefixLlamaForCausalLM
 from prefix_composer.objectives.targets import ObjectiveSpec, SparseTargets, build_target_table
 

@@ -8,9 +8,14 @@ never act as prefix candidates.
 
 from __future__ import annotations
 
+import base64
+import gzip
+import json
 from functools import lru_cache
 
 from transformers import PreTrainedTokenizerBase
+
+BYTE_VOCAB_FORMAT = 'prefix-composer byte vocabulary v1'
 
 
 @lru_cache(maxsize=1)
@@ -64,3 +69,24 @@ def token_byte_strings(tokenizer: PreTrainedTokenizerBase) -> tuple[list[bytes],
                 'prefix-aware targets need a byte-level BPE tokenizer (e.g. Llama-3).',
             ) from None
     return out, specials
+
+
+def write_byte_vocab(path: str, pieces: list[bytes], specials: set[int]) -> None:
+    """Save ``token_byte_strings``' output as gzipped JSON (pieces base64-encoded), so that a machine
+    without the tokenizer package can build the same target tables (``scripts/gpu_check.py``)."""
+    record = {'format': BYTE_VOCAB_FORMAT, 'pieces': [base64.b64encode(p).decode('ascii') for p in pieces],
+              'specials': sorted(specials)}
+    with gzip.open(path, 'wt', encoding='utf-8') as f:
+        json.dump(record, f)
+
+
+def read_byte_vocab(path: str) -> tuple[list[bytes], set[int]]:
+    """The ``(pieces, specials)`` written by ``write_byte_vocab``."""
+    try:
+        with gzip.open(path, 'rt', encoding='utf-8') as f:
+            record = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f'{path} is not a byte-vocabulary file written by write_byte_vocab ({e}).') from None
+    if not isinstance(record, dict) or record.get('format') != BYTE_VOCAB_FORMAT:
+        raise ValueError(f'{path}: expected format {BYTE_VOCAB_FORMAT!r}; rewrite it with write_byte_vocab.')
+    return [base64.b64decode(p) for p in record['pieces']], set(record['specials'])

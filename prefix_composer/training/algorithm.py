@@ -26,8 +26,8 @@ from composer.utils import dist
 
 from prefix_composer.constants import IGNORE_INDEX, SOFT_TARGETS_KEY
 from prefix_composer.objectives import ObjectiveSpec, TargetTable, build_target_table, token_byte_strings
+from prefix_composer.objectives.labels import next_token_labels
 from prefix_composer.objectives.stats import per_id_stats
-from prefix_composer.training.labels import next_token_labels
 
 log = logging.getLogger(__name__)
 

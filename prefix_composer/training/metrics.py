@@ -28,7 +28,7 @@ from transformers import PreTrainedTokenizerBase
 from prefix_composer.constants import IGNORE_INDEX, SOFT_TARGETS_KEY
 from prefix_composer.losses.soft_target import chunk_rows
 from prefix_composer.objectives import SparseTargets, TargetTable, prefix_indicator_table, token_byte_strings
-from prefix_composer.training.labels import one_hot_targets
+from prefix_composer.objectives.labels import one_hot_targets
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from transformers.modeling_outputs import CausalLMOutput
 
 from prefix_composer.constants import IGNORE_INDEX, SOFT_TARGETS_KEY
 from prefix_composer.losses import fused_linear_soft_target_cross_entropy, soft_target_cross_entropy
-from prefix_composer.training.labels import next_token_labels, one_hot_targets
+from prefix_composer.objectives.labels import next_token_labels, one_hot_targets
 from prefix_composer.training.metrics import ObjectiveLoss, PrefixMassInclusive, PrefixMassStrict, VocabularyPrefixes
 
 DEFAULT_LOSS_IMPL = 'fused'

@@ -1,11 +1,11 @@
-"""Next-token labels and the one-hot targets of plain cross-entropy, shared by the model and the algorithm."""
+"""Next-token labels and the one-hot targets of plain cross-entropy, shared by the model, the algorithm and the GPU check."""
 
 from __future__ import annotations
 
 import torch
 
 from prefix_composer.constants import IGNORE_INDEX
-from prefix_composer.objectives import SparseTargets
+from prefix_composer.objectives.targets import SparseTargets
 
 
 def next_token_labels(labels: torch.Tensor) -> torch.Tensor:
