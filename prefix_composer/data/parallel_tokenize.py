@@ -8,8 +8,10 @@ the backend's post-processor never runs (the hub Llama-3 tokenizer's would add a
 text that merely spells a special token (``"<|begin_of_text|>"`` inside a web page) is tokenised
 as text, so the only BOS and EOS ids in the data are the document boundaries added here.
 
-Workers are forked with ``TOKENIZERS_PARALLELISM=false`` (also what llm-foundry's
-``build_tokenizer`` sets): one thread per worker, parallelism comes from processes only.
+Workers start from a ``forkserver`` (a clean single-threaded process: forking the caller itself can
+deadlock a child on a lock held by one of the caller's threads, e.g. torch's or lm-eval's) with
+``TOKENIZERS_PARALLELISM=false`` (also what llm-foundry's ``build_tokenizer`` sets): one thread per
+worker, parallelism comes from processes only.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def tokenize_batch(texts: list[str]) -> TokenizedBatch:
 
 def ordered_bounded_map(func: Callable, items: Iterable, workers: int, initializer: Callable,
                         initargs: tuple, in_flight_per_worker: int = 2) -> Iterator:
-    """``func(item)`` for each item in a pool of forked ``workers``, yielded in input order.
+    """``func(item)`` for each item in a pool of ``workers`` (forkserver), yielded in input order.
 
     Unlike ``Pool.imap`` (whose feeder thread drains the whole input), at most
     ``workers * in_flight_per_worker`` items are submitted and not yet yielded, so memory stays bounded.
@@ -83,7 +85,9 @@ def ordered_bounded_map(func: Callable, items: Iterable, workers: int, initializ
         raise ValueError(f'workers must be >= 1, got {workers}.')
     os.environ['TOKENIZERS_PARALLELISM'] = 'false'
     window = workers * in_flight_per_worker
-    pool = multiprocessing.get_context('fork').Pool(workers, initializer=_start_worker, initargs=(initializer, initargs))
+    context = multiprocessing.get_context('forkserver')
+    context.set_forkserver_preload([__name__])
+    pool = context.Pool(workers, initializer=_start_worker, initargs=(initializer, initargs))
     try:
         pending: deque = deque()
         for item in items:
