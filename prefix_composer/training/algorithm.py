@@ -6,7 +6,7 @@ and removes it at ``AFTER_LOSS``; at ``EVAL_BEFORE_FORWARD`` it puts the targets
 batch there too, for the ``ObjectiveLoss`` validation metric (``metrics.py``). The table is built
 once, at ``INIT``, from the model's tokenizer. See ``objectives/targets.py`` for the math of each objective.
 
-Before the first batch is trained (``AFTER_DATALOADER`` of the first batch this process sees) it
+Before the first batch is trained (``AFTER_DATALOADER`` of batch 1; not again after a resume) it
 measures what the objective asks for on that batch, summed over all ranks: the mean off-gold
 target mass and the mean target entropy over the scored positions (``objectives.stats``,
 float64). Both go to the console and to the loggers as ``metrics/setup/...`` (a ``phase=setup``
@@ -58,7 +58,9 @@ class PrefixSmoothing(Algorithm):
             self.table = self._build(state)
             self.id_stats = per_id_stats(self.table)
         elif event == Event.AFTER_DATALOADER:
-            self._measure(state, logger)
+            if int(state.timestamp.batch) == 0:  # a resumed run measured (and logged) it when it started
+                self._measure(state, logger)
+            self.measured = True
         elif event == Event.BEFORE_LOSS or (event == Event.EVAL_BEFORE_FORWARD and 'labels' in state.batch):
             labels = next_token_labels(state.batch['labels']).reshape(-1)
             if self.table.ids.device != labels.device:
