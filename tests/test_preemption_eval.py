@@ -76,7 +76,7 @@ def test_sigterm_during_lm_eval_checkpoints_that_batch_and_the_restart_reruns_it
     checkpoint = tmp_path / 'smoke_cpu' / 'checkpoints' / 'ep0-ba2-rank0.pt'
     saved = torch.load(checkpoint, map_location='cpu', weights_only=False)['state']
     assert saved['callbacks']['LMEvalCallback']['interrupted_batch'] == 2
-    assert [(r['batch'], r['phase']) for r in csv_rows(tmp_path)] == [('1', 'train'), ('2', 'train')]
+    assert [(r['batch'], r['phase']) for r in csv_rows(tmp_path)] == [('0', 'setup'), ('1', 'train'), ('2', 'train')]
 
     # the restart in one process without a launcher (start-up is most of this test's time)
     restart = subprocess.run(command((sys.executable,), ('train.py',), tmp_path, tiny_mds, tasks_dir), cwd=ROOT,
@@ -85,7 +85,7 @@ def test_sigterm_during_lm_eval_checkpoints_that_batch_and_the_restart_reruns_it
     assert 'running the evaluation of batch 2 again' in restart.stdout + restart.stderr
     rows = csv_rows(tmp_path)
     assert sorted((int(r['batch']), r['phase']) for r in rows) == [
-        (1, 'train'), (2, 'lm_eval'), (2, 'train'), (3, 'train'), (4, 'eval'), (4, 'lm_eval'), (4, 'train')]
+        (0, 'setup'), (1, 'train'), (2, 'lm_eval'), (2, 'train'), (3, 'train'), (4, 'eval'), (4, 'lm_eval'), (4, 'train')]
     logged = {k: float(v) for r in rows if (r['batch'], r['phase']) == ('2', 'lm_eval')
               for k, v in r.items() if k.startswith('metrics/lm_eval/') and v}
     rescored = load_script('eval_checkpoint').main([str(checkpoint), *LM_EVAL, '--include-path', str(tasks_dir),

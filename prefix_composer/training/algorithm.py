@@ -73,8 +73,9 @@ class PrefixSmoothing(Algorithm):
         """Mean off-gold mass and entropy of the targets of this batch's scored positions (all ranks)."""
         self.measured = True
         labels = next_token_labels(state.batch['labels']).reshape(-1)
-        scored = labels[labels != IGNORE_INDEX].cpu()
         off_gold, entropy = self.id_stats
+        scored = labels[labels != IGNORE_INDEX].cpu()
+        scored = scored[(scored >= 0) & (scored < len(off_gold))]  # other ids: the model's forward names them
         totals = torch.tensor([off_gold[scored].sum(), entropy[scored].sum(), scored.numel()], dtype=torch.float64,
                               device=labels.device)
         dist.all_reduce(totals)
