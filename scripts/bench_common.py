@@ -49,6 +49,15 @@ def input_stds(kind: str, hidden: int) -> list[float]:
     return [1.0, hidden ** -0.5]
 
 
+def refill_inputs(inputs: list[torch.Tensor], stds: list[float], device: str) -> None:
+    """Fresh N(0, std^2) values in every benchmark input and no gradient left from the last call."""
+    with torch.no_grad():
+        for x, std in zip(inputs, stds):
+            x.normal_(std=std)
+            x.grad = None
+    sync(device)
+
+
 def dense_targets(targets: SparseTargets, n_cols: int) -> torch.Tensor:
     """[N, n_cols] float64 target distributions: the sparse rows scattered plus the uniform part."""
     q = torch.zeros(targets.ids.shape[0], n_cols, dtype=torch.float64, device=targets.ids.device)

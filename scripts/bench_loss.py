@@ -26,7 +26,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-from bench_common import IGNORE, benchmark_spec, dense_reference, errors_against, input_stds, memory_now, run_path, sync
+from bench_common import (IGNORE, benchmark_spec, dense_reference, errors_against, input_stds, refill_inputs,
+                          memory_now, run_path, sync)
 
 from prefix_composer.losses.fused import fused_linear_soft_target_cross_entropy
 from prefix_composer.losses.soft_target import soft_target_cross_entropy
@@ -85,21 +86,14 @@ def worker(job: dict) -> dict:
     inputs = [torch.empty(shape, dtype=dtype, device=device).requires_grad_() for shape in shapes]
     stds = input_stds(job['kind'], job.get('hidden', 0))
 
-    def refill():
-        with torch.no_grad():
-            for x, std in zip(inputs, stds):
-                x.normal_(std=std)
-                x.grad = None
-        sync(device)
-
-    refill()
+    refill_inputs(inputs, stds, device)
     if device == 'cuda':
         torch.cuda.reset_peak_memory_stats()
     base = memory_now(device)
     times = {name: [] for name in runs}
     for _ in range(job['repeats']):
         for name, run in runs.items():
-            refill()
+            refill_inputs(inputs, stds, device)
             start = time.perf_counter()
             run(*inputs)
             sync(device)

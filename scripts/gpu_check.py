@@ -45,7 +45,8 @@ import zipfile
 import torch
 import torch.nn.functional as F
 import yaml
-from bench_common import IGNORE, benchmark_spec, dense_reference, errors_against, input_stds, run_path, sync
+from bench_common import (IGNORE, benchmark_spec, dense_reference, errors_against, input_stds, refill_inputs,
+                          run_path, sync)
 
 from prefix_composer.losses.fused import fused_chunk_tokens, fused_linear_soft_target_cross_entropy
 from prefix_composer.losses.soft_target import soft_target_cross_entropy
@@ -260,16 +261,9 @@ def run_liger(loss_class, hidden, weight, labels, label_smoothing: float) -> dic
 def measure(methods: dict, inputs: list[torch.Tensor], stds: list[float], repeats: int, device: str) -> dict:
     """{name: {'time_s': median fwd+bwd seconds, 'peak_gb': peak allocated above the inputs (CUDA)}};
     one untimed call per method measures its peak, then ``repeats`` rounds interleave the methods."""
-    def refill():
-        with torch.no_grad():
-            for x, std in zip(inputs, stds):
-                x.normal_(std=std)
-                x.grad = None
-        sync(device)
-
     results, times = {}, {}
     for name, run in methods.items():
-        refill()
+        refill_inputs(inputs, stds, device)
         if device == 'cuda':
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -285,7 +279,7 @@ def measure(methods: dict, inputs: list[torch.Tensor], stds: list[float], repeat
         times[name] = []
     for _ in range(repeats):
         for name in times:
-            refill()
+            refill_inputs(inputs, stds, device)
             start = time.perf_counter()
             methods[name](*inputs)
             sync(device)
