@@ -7,10 +7,14 @@ command finds its own ``save_folder`` and autoresumes.
 from __future__ import annotations
 
 import os
+import re
 from typing import Sequence
 
 from omegaconf import DictConfig
 from omegaconf import OmegaConf as om
+
+# Seed replica k >= 1 of a variant runs as ``<variant>_seed<k>``; this strips the suffix back off.
+SEED_SUFFIX = re.compile(r'_seed\d+$')
 
 
 def load_config(yaml_path: str, overrides: Sequence[str] = ()) -> DictConfig:
@@ -25,3 +29,8 @@ def load_config(yaml_path: str, overrides: Sequence[str] = ()) -> DictConfig:
     if cfg.get('run_name') is None:
         cfg.run_name = os.path.splitext(os.path.basename(yaml_path))[0]
     return cfg
+
+
+def replica_run_name(variant: str, k: int) -> str:
+    """Run name of seed replica ``k`` of ``variant``: the variant's own name for 0, else ``<variant>_seed<k>``."""
+    return variant if k == 0 else f'{variant}_seed{k}'

@@ -41,7 +41,7 @@ from omegaconf import OmegaConf
 
 import compare_runs
 import plot_metrics
-from prefix_composer.config import load_config
+from prefix_composer.config import load_config, replica_run_name
 from prefix_composer.data.build_mds import create_mds
 from prefix_composer.data.download import describe_source, download
 from prefix_composer.data.run_config import load_data_run_config
@@ -102,12 +102,11 @@ def plan_runs(seeds: int, batches: int, limit: int, extra: list[str]) -> list[Pl
     for variant in VARIANTS:
         block = objective_block(variant)
         for k in range(seeds):
-            name = variant if k == 0 else f'{variant}_seed{k}'
-            seed = base_seed + k
+            name, seed = replica_run_name(variant, k), base_seed + k
             overrides = (
                 f'run_name={name}', f'variables.run_root={RUN_ROOT}',
                 *(f'algorithms.prefix_smoothing.{key}={value}' for key, value in block.items()),
-                f'seed={seed}', f'train_loader.dataset.shuffle_seed={seed}',
+                f'variables.global_seed={seed}',  # the YAML derives seed and shuffle_seed from it
                 f'max_duration={batches}ba', f'eval_interval={min(EVAL_EVERY, batches)}ba',
                 f'callbacks.lm_eval.tasks=[{",".join(TASKS)}]', f'callbacks.lm_eval.limit={limit}',
                 f'callbacks.lm_eval.interval={batches // 2}ba', 'callbacks.lm_eval.batch_size=16',

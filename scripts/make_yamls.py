@@ -28,6 +28,7 @@ import sys
 
 from omegaconf import OmegaConf as om
 
+from prefix_composer.config import replica_run_name
 from prefix_composer.training.param_count import ParamCount, count_llama_parameters
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,8 +111,8 @@ def render_algorithms(variant: Variant) -> str:
 
 
 def replica_name(variant: Variant, k: int) -> str:
-    """Run name of replica ``k``: the variant's name for 0, ``<name>_seed<k>`` otherwise."""
-    return variant.name if k == 0 else f'{variant.name}_seed{k}'
+    """Run name of replica ``k`` (``config.replica_run_name``)."""
+    return replica_run_name(variant.name, k)
 
 
 def replica_file(variant: Variant, k: int) -> str:

@@ -29,7 +29,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import zlib
 from typing import Any, Iterable, Optional, Sequence
 
@@ -39,6 +38,7 @@ import scipy.stats
 
 from prefix_composer.analysis.plotting import markdown_table, plt, save_figure
 from prefix_composer.analysis.stats import adjust_pvalues, compare, mean_sd_over_seeds, sign_flip_pvalue
+from prefix_composer.config import SEED_SUFFIX
 from prefix_composer.evaluation.records import (
     RECORDS_SUBDIR,
     read_header,
@@ -47,7 +47,6 @@ from prefix_composer.evaluation.records import (
     settings_differences,
 )
 
-SEED_SUFFIX = re.compile(r'_seed\d+$')
 # The metric reported per task (the usual headline metric); any other task: acc if recorded, else all.
 REPORTED_METRICS = {
     'hellaswag': ('acc_norm',), 'piqa': ('acc_norm',), 'winogrande': ('acc',), 'winogrande_debiased': ('acc',),

@@ -41,8 +41,3 @@ def per_id_stats(table: TargetTable) -> tuple[torch.Tensor, torch.Tensor]:
     entropy = -_xlogx(q_gold) - torch.where(is_gold, 0.0, _xlogx(q_off)).sum(dim=1) - rest * float(_xlogx(torch.tensor(u, dtype=torch.float64)))
     return off_gold, entropy
 
-
-def has_prefix_target(table: TargetTable) -> torch.Tensor:
-    """Bool [rows]: the row puts weight on some id other than the gold one (sparse part only)."""
-    gold = torch.arange(table.ids.shape[0], device=table.ids.device)[:, None]
-    return ((table.ids != gold) & (table.weights > 0)).any(dim=1)

@@ -71,7 +71,6 @@ class PrefixSmoothing(Algorithm):
 
     def _measure(self, state: State, logger: Logger) -> None:
         """Mean off-gold mass and entropy of the targets of this batch's scored positions (all ranks)."""
-        self.measured = True
         labels = next_token_labels(state.batch['labels']).reshape(-1)
         off_gold, entropy = self.id_stats
         scored = labels[labels != IGNORE_INDEX].cpu()
