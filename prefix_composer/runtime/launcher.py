@@ -1,10 +1,11 @@
 """Composer's launcher with SIGTERM handled like Ctrl-C: ``python -m prefix_composer.runtime.launcher [composer args]``.
 
-Composer's launcher installs no SIGTERM handler: as PID 1 it would ignore SIGTERM, otherwise it
-dies and orphans its ranks. Here SIGTERM raises ``KeyboardInterrupt`` in the launcher, which it
-answers by sending SIGTERM to every rank and waiting for them; the exit code is theirs. Composer
-SIGKILLs ranks still running after 30 s, which would cut off a checkpoint that takes longer, so
-after SIGTERM the wait is ``PREEMPTION_WAIT``: the pod's termination grace period
+Composer's launcher gets a SIGTERM handler when it imports ``composer`` (``composer.core.engine``:
+``sys.exit(143)``); its catch-all ``except`` answers it by sending SIGTERM to the ranks, waiting
+``CLEANUP_TIMEOUT`` (30 s) and SIGKILLing those still running, which cuts off a checkpoint that
+takes longer (docs/preemption.md: measured, as PID 1 and not). Here SIGTERM raises
+``KeyboardInterrupt``, answered the same way (SIGTERM to every rank, the exit code is theirs), but
+with the wait set to ``PREEMPTION_WAIT``: the pod's termination grace period
 (runai/submit_train.sh: grace_seconds + 60 s) is the limit that counts. After a rank crashed (no
 SIGTERM) the wait stays 30 s. The ranks' own handling (checkpoint, exit 0) is
 ``preemption.GracefulPreemption``.
