@@ -2,8 +2,8 @@
 
 A run of ``yamls/smoke_cpu.yaml`` (tiny model, 32-token sequences) evaluates ``local_hellaswag``
 every 2 batches in 8 forward batches that ``tests/train_slow_lm_eval.py`` slows to 4 s each. SIGTERM
-to the launcher during the evaluation of batch 2 must end the run with exit 0 within seconds (not
-after the evaluation, past the grace period), with the checkpoint of batch 2 saved and the
+to the launcher during the evaluation of batch 2 must end the run with exit 0 after one forward batch
+(not after the evaluation, past the grace period), with the checkpoint of batch 2 saved and the
 evaluation marked as interrupted in it; the restart runs that evaluation first and finishes with
 every row an uninterrupted run writes, the batch-2 scores being those of the batch-2 weights.
 In-process: an evaluation stops at the next check (tokenising, or before a forward batch), model restored.
@@ -61,15 +61,15 @@ def test_sigterm_during_lm_eval_checkpoints_that_batch_and_the_restart_reruns_it
             assert proc.poll() is None, log_path.read_text()[-5000:]
             assert time.monotonic() < deadline, 'the evaluation never started'
             time.sleep(0.05)
-        signalled = time.monotonic()
         os.kill(proc.pid, signal.SIGTERM)  # the launcher only, as Kubernetes signals PID 1
         assert proc.wait(timeout=TIMEOUT_S) == 0, log_path.read_text()[-5000:]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    took = time.monotonic() - signalled
     log = log_path.read_text()
-    assert took < 20, f'SIGTERM to exit took {took:.1f} s (the evaluation alone takes {8 * SLOW_S:.0f} s)'
+    # It stopped inside the evaluation: one of its 8 slowed forward batches ran, not the 8 (32 s) a
+    # run that waits for the evaluation to end would take; counted, not timed (a loaded CI machine
+    # stretches the checkpoint write, not the count).
     assert 'lm_eval at batch 2: preempted, stopped before forward batch 2 of 8;' in log
     assert log.count('slowed lm_eval forward batch') == 1
     assert 'Preempted: stopping at batch 2' in log
