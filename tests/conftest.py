@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-from streaming import MDSWriter
+import os
 
-from prefix_composer.objectives.vocab import token_byte_strings
-from prefix_composer.tokenizer import PackagedLlama3Tokenizer
+# The README runs the suite in two pytest-xdist workers (the CI machine has 2 cores); each worker,
+# and every training it starts (the variable is inherited), then uses one OpenMP/torch thread
+# instead of two per process on two cores. Set before torch is first imported.
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    os.environ.setdefault('OMP_NUM_THREADS', '1')
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from streaming import MDSWriter  # noqa: E402
+
+from prefix_composer.objectives.vocab import token_byte_strings  # noqa: E402
+from prefix_composer.tokenizer import PackagedLlama3Tokenizer  # noqa: E402
 
 # Varied English, some of it with tokens that have byte prefixes (" personality", " strawberry").
 SAMPLE_TEXT = (
@@ -16,6 +25,16 @@ SAMPLE_TEXT = (
     'tokenization hides characters inside multi-byte pieces. Personal computers, personnel files '
     'and personalized medicine share a prefix but not a meaning. '
 )
+
+
+@pytest.fixture(autouse=True)
+def no_process_group_left_behind():
+    """Every test starts without a default process group, whatever ran before it in this process:
+    an in-process ``train.py`` run (Composer's ``initialize_dist``) leaves one, and the ranks that
+    scripts/bench_lm_eval.py forks would inherit it ("initialize the default process group twice")."""
+    yield
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 @pytest.fixture(scope='session')
