@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from streaming import MDSWriter
 
+from prefix_composer.objectives.targets import OBJECTIVE_PARAMETERS, ObjectiveSpec
 from prefix_composer.objectives.vocab import token_byte_strings
 from prefix_composer.tokenizer import PackagedLlama3Tokenizer
 
@@ -16,6 +17,11 @@ SAMPLE_TEXT = (
     'tokenization hides characters inside multi-byte pieces. Personal computers, personnel files '
     'and personalized medicine share a prefix but not a meaning. '
 )
+
+
+def objective_spec(objective: str, **params) -> ObjectiveSpec:
+    """``ObjectiveSpec`` of ``objective`` with the ``params`` it reads (the others would be refused)."""
+    return ObjectiveSpec(objective, **{k: v for k, v in params.items() if k in OBJECTIVE_PARAMETERS[objective]})
 
 
 @pytest.fixture(scope='session')
