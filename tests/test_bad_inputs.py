@@ -1,7 +1,10 @@
 """Inputs refused before the model is built, each with the message that says what to fix.
 
-The tables are (input, expected message fragment), one per kind of input; a fragment is a plain
-substring of the ``ValueError``'s message (``{shard}``, ``{index}``: the file paths of the case).
+The tables ``CONFIG_KEY_REFUSALS`` (override of yamls/smoke_cpu.yaml), ``OBJECTIVE_REFUSALS``
+(``algorithms.prefix_smoothing`` arguments), ``NUMBER_REFUSALS`` (component, arguments) and
+``SHARD_REFUSALS`` (damage to a shard, compression) pair each input with the expected message
+fragment: a plain substring of the ``ValueError``'s message (in ``SHARD_REFUSALS`` a format string:
+``{shard}``, ``{index}`` the files of the case, ``{size}``, ``{recorded}`` their sizes).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from prefix_composer.training.algorithm import PrefixSmoothing
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = str(REPO / 'yamls' / 'smoke_cpu.yaml')
-COMMITTED_YAMLS = sorted(str(p.relative_to(REPO)) for p in [*(REPO / 'yamls').glob('*.yaml'), *(REPO / 'yamls' / 'replicas').glob('*.yaml')])
+COMMITTED_YAMLS = sorted(str(p.relative_to(REPO)) for folder in ('', 'replicas', 'base') for p in (REPO / 'yamls' / folder).glob('*.yaml'))
 REBUILD = 'rebuild the data: scripts/create_mds.py --run-config <the run YAML> --overwrite.'
 
 
@@ -120,7 +123,8 @@ def test_committed_yaml_objective_block_validates(yaml):
 NUMBER_REFUSALS = [  # (component, arguments, message fragment)
     (PrefixSmoothing, dict(objective='prefix_softmax', eps=0.1, warn_off_gold_below=True),
      'algorithms.prefix_smoothing.warn_off_gold_below must be a number >= 0, got True.'),
-    (GracefulPreemption, dict(grace_seconds=True), 'callbacks.graceful_preemption.grace_seconds must be a number of seconds > 0, got True.'),
+    (GracefulPreemption, dict(grace_seconds=True),
+     'callbacks.graceful_preemption.grace_seconds must be a number of seconds > 0, got True.'),
 ]
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Optional
+from typing import Optional
 
 from omegaconf import DictConfig, ListConfig
 from omegaconf import OmegaConf as om
