@@ -8,7 +8,8 @@ The runs go sequentially, interleaved round by round (objective order rotated ea
 that load from other processes hits every objective alike. tokens/s is the median of the
 ``throughput/tokens_per_sec`` column over the train rows of the run's metrics.csv after
 ``--warmup`` batches (Composer's speed monitor averages over a 5-batch window); the reported
-value is the median over rounds. Data: random Llama-3 ids in a temporary MDS set.
+value is the median over rounds. Data: random Llama-3 ids in a temporary MDS set. Each objective
+runs with ``bench_common.benchmark_spec`` (eps 0 for ce, 0.1 for label smoothing, 1.0 for the prefix ones).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import tempfile
 import numpy as np
 from streaming import MDSWriter
 
+from bench_common import benchmark_spec
 from prefix_composer.objectives.targets import OBJECTIVES
 
 THROUGHPUT = 'throughput/tokens_per_sec'
@@ -52,7 +54,8 @@ def train(args, run_root: str, data: str, objective: str, loss_impl: str, round_
     composer = os.path.join(os.path.dirname(sys.executable), 'composer')
     overrides = [
         f'run_name={run_name}', f'variables.run_root={run_root}', f'variables.data.mds_dir={data}',
-        f'algorithms.prefix_smoothing.objective={objective}', f'model.loss_impl={loss_impl}',
+        *(f'algorithms.prefix_smoothing.{key}={value}' for key, value in vars(benchmark_spec(objective)).items()),
+        f'model.loss_impl={loss_impl}',
         f'max_duration={args.batches}ba', 'eval_interval=100000ba', 'save_interval=100000ba',
         'console_log_interval=1ba', 'autoresume=false',
     ]

@@ -15,6 +15,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from streaming import MDSWriter  # noqa: E402
 
+from prefix_composer.objectives.targets import OBJECTIVE_PARAMETERS, ObjectiveSpec  # noqa: E402
 from prefix_composer.objectives.vocab import token_byte_strings  # noqa: E402
 from prefix_composer.tokenizer import PackagedLlama3Tokenizer  # noqa: E402
 
@@ -25,6 +26,11 @@ SAMPLE_TEXT = (
     'tokenization hides characters inside multi-byte pieces. Personal computers, personnel files '
     'and personalized medicine share a prefix but not a meaning. '
 )
+
+
+def objective_spec(objective: str, **params) -> ObjectiveSpec:
+    """``ObjectiveSpec`` of ``objective`` with the ``params`` it reads (the others would be refused)."""
+    return ObjectiveSpec(objective, **{k: v for k, v in params.items() if k in OBJECTIVE_PARAMETERS[objective]})
 
 
 @pytest.fixture(autouse=True)

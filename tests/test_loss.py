@@ -11,12 +11,14 @@ import prefix_composer.losses.soft_target as loss_module
 from prefix_composer.losses.soft_target import soft_target_cross_entropy
 from prefix_composer.objectives.targets import OBJECTIVES, ObjectiveSpec, SparseTargets, TargetTable, build_target_table
 
+from conftest import objective_spec
+
 IGNORE = -100
 # A byte vocabulary with nested prefixes, a special id (5) and pieces without prefixes.
 PIECES = [b'a', b'b', b'ab', b'abc', b'ba', b'<s>', b'abcd', b'c', b'bab', b'ca', b'cab', b'<']
 SPECIALS = {5}
 PADDED_VOCAB = len(PIECES) + 3  # model vocab_size past the tokenizer: embedding padding ids
-SPECS = [ObjectiveSpec(o, eps=0.3, tau=0.7) for o in OBJECTIVES] + [
+SPECS = [objective_spec(o, eps=0.3, tau=0.7) for o in OBJECTIVES] + [
     ObjectiveSpec('prefix_softmax', eps=1.0, tau=0.5, support='strict'),
     ObjectiveSpec('prefix_softmax_norm', eps=1.0, tau=2.0),
 ]

@@ -8,6 +8,7 @@ import torch
 from composer import Trainer
 from composer.loggers import InMemoryLogger
 
+from conftest import objective_spec
 from lm_eval_helpers import tiny_model, token_loader
 from prefix_composer.objectives.targets import OBJECTIVES, ObjectiveSpec, build_target_table
 from prefix_composer.training import PrefixSmoothing
@@ -43,7 +44,7 @@ def test_metrics_equal_the_dense_brute_force(dtype, tol):
     assert float(strict.compute()) == pytest.approx(want_strict, rel=tol, abs=tol)
     assert float(inclusive.compute()) == pytest.approx(want_inclusive, rel=tol, abs=tol)
     for objective in OBJECTIVES:
-        table = build_target_table(PIECES, SPECIALS, ObjectiveSpec(objective, eps=0.3, tau=0.7))
+        table = build_target_table(PIECES, SPECIALS, objective_spec(objective, eps=0.3, tau=0.7))
         loss = ObjectiveLoss()
         for z, y in batches:
             loss.update({'soft_targets': table.lookup(y, IGNORE)}, z, y)

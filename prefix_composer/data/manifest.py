@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Optional
+from typing import Optional
 
 from omegaconf import DictConfig, ListConfig
 from omegaconf import OmegaConf as om
 from transformers import PreTrainedTokenizerBase
 
 from prefix_composer.data.files import read_json
+from prefix_composer.data.shards import REBUILD_COMMAND, check_split_shards
 from prefix_composer.data.tokenizer_hash import tokenizer_content_hash
 
 log = logging.getLogger(__name__)
@@ -43,22 +44,20 @@ def read_mds_manifest(mds_dir: str) -> Optional[dict]:
     if manifest.get('format') != MDS_FORMAT:
         raise ValueError(
             f'{path} has format {manifest.get("format")!r}, but this code reads {MDS_FORMAT!r}, whose documents are '
-            'framed as BOS ids EOS (format prefix_composer.mds/1 had no BOS). Rebuild the data: '
-            'scripts/create_mds.py --run-config <the run YAML> --overwrite.',
+            f'framed as BOS ids EOS (format prefix_composer.mds/1 had no BOS). Rebuild the data: {REBUILD_COMMAND}.',
         )
     return manifest
 
 
-def _loader_datasets(cfg: DictConfig) -> list[tuple[str, Any]]:
-    """(name, dataset config) of the train loader and every eval loader (a mapping or a list)."""
+def run_loaders(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
+    """(name, loader config) of the train loader and every eval loader (a mapping or a list)."""
     out = []
     for key in ('train_loader', 'eval_loader'):
         loaders = om.select(cfg, key)
         if loaders is None:
             continue
         for i, loader in enumerate(loaders if isinstance(loaders, ListConfig) else [loaders]):
-            if loader.get('dataset') is not None:
-                out.append((key if isinstance(loaders, DictConfig) else f'{key}[{i}]', loader.dataset))
+            out.append((key if isinstance(loaders, DictConfig) else f'{key}[{i}]', loader))
     return out
 
 
@@ -68,10 +67,13 @@ def check_run_data(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> None:
     For each loader whose ``dataset.local`` holds a create_mds manifest: the manifest's tokenizer
     content hash must equal ``tokenizer_content_hash(tokenizer)``, its ``max_seq_len`` must equal
     the loader's (``dataset.max_seq_len``, else the run's ``max_seq_len``), and the loader's split
-    must be one it wrote; otherwise ``ValueError``. A folder without manifest gets a warning.
+    must be one it wrote, and (without ``remote``) every shard file of the split must have the size
+    its ``index.json`` records (``shards.check_split_shards``); otherwise ``ValueError``. A folder
+    without manifest gets a warning.
     """
     run_hash = None
-    for name, dataset in _loader_datasets(cfg):
+    for name, loader in run_loaders(cfg):
+        dataset = loader.get('dataset') or {}
         local = dataset.get('local')
         if not local:
             continue
@@ -99,4 +101,6 @@ def check_run_data(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> None:
         split = dataset.get('split')
         if split is not None and split not in manifest['splits']:
             raise ValueError(f'{name}: split {split!r} is not in {local} (it has {sorted(manifest["splits"])}).')
+        if not dataset.get('remote'):
+            check_split_shards(name, os.path.join(local, split or ''))
         log.info('%s: %s matches the run (tokenizer %s..., max_seq_len %d).', name, local, run_hash[:12], max_seq_len)

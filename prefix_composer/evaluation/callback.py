@@ -39,6 +39,7 @@ from composer.utils import create_interval_scheduler, dist, format_name_with_dis
 from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from prefix_composer.constants import is_number
 from prefix_composer.evaluation.adapter import EvaluationInterrupted, check_batch_size
 from prefix_composer.evaluation.harness import AUTOCAST_DTYPES, METRIC_PREFIX, LMEvalResult, evaluate_lm
 from prefix_composer.evaluation.records import RECORDS_SUBDIR, records_path, remove_records_after, run_identity, write_records
@@ -117,7 +118,7 @@ class LMEvalCallback(Callback):
         include_path: Sequence[str] = (),
         records_dir: Optional[str] = None,
     ):
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
+        if limit is not None and not (is_number(limit) and limit > 0):
             raise ValueError(f'callbacks.lm_eval.limit must be null, a positive int or a fraction, got {limit!r}.')
         if num_fewshot is not None and (not isinstance(num_fewshot, int) or num_fewshot < 0):
             raise ValueError(f'callbacks.lm_eval.num_fewshot must be null or an int >= 0, got {num_fewshot!r}.')

@@ -37,13 +37,25 @@ import math
 import numpy as np
 import torch
 
+from prefix_composer.constants import is_number
+
 OBJECTIVES = ('ce', 'label_smoothing', 'prefix_simple', 'prefix_softmax', 'prefix_softmax_norm')
 SUPPORTS = ('inclusive', 'strict')
+# The hyper-parameters each objective's target reads (build_target_table); the others must keep their defaults.
+OBJECTIVE_PARAMETERS = {
+    'ce': (),
+    'label_smoothing': ('eps',),
+    'prefix_simple': ('eps',),
+    'prefix_softmax': ('eps', 'tau', 'support'),
+    'prefix_softmax_norm': ('eps', 'tau', 'support'),
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveSpec:
-    """A training objective with its hyper-parameters, validated on construction."""
+    """A training objective with its hyper-parameters, validated on construction: a known objective,
+    eps a number (not a boolean) in [0, 1], tau a finite number > 0, a known support, and every
+    parameter the objective does not read (``OBJECTIVE_PARAMETERS``) at its default."""
 
     objective: str = 'ce'
     eps: float = 0.0
@@ -53,12 +65,19 @@ class ObjectiveSpec:
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
             raise ValueError(f'Unknown objective {self.objective!r}; choose one of {", ".join(OBJECTIVES)}.')
-        if not (isinstance(self.eps, (int, float)) and 0.0 <= self.eps <= 1.0):
+        if not (is_number(self.eps) and 0.0 <= self.eps <= 1.0):
             raise ValueError(f'eps must be a number in [0, 1], got {self.eps!r}.')
-        if not (isinstance(self.tau, (int, float)) and self.tau > 0 and math.isfinite(self.tau)):
+        if not (is_number(self.tau) and self.tau > 0 and math.isfinite(self.tau)):
             raise ValueError(f'tau must be a finite number > 0, got {self.tau!r}.')
         if self.support not in SUPPORTS:
             raise ValueError(f'support must be one of {", ".join(SUPPORTS)}, got {self.support!r}.')
+        used = OBJECTIVE_PARAMETERS[self.objective]
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name != 'objective' and field.name not in used and value != field.default:
+                readers = ', '.join(o for o, params in OBJECTIVE_PARAMETERS.items() if field.name in params)
+                raise ValueError(f'{field.name}={value!r} has no effect on objective {self.objective!r}; set '
+                                 f'{field.name}: {field.default!r} or use an objective that reads {field.name} ({readers}).')
 
 
 @dataclasses.dataclass

@@ -1,7 +1,9 @@
 """``composer train.py``'s main: load the YAML, pre-flight checks, then llm-foundry's ``train``.
 
 Everything that can be checked before the first batch is checked here or while the Trainer is
-built (objective arguments, model vocab, lm-eval tasks).
+built (objective arguments, model vocab, lm-eval tasks). Here, in order: keys that nothing would
+read (``config_checks``), FSDP with the fused loss, then (pre-flight) the MDS data against the run
+and its shard files, and the checkpoints autoresume will load.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from omegaconf import OmegaConf as om
 from prefix_composer.config import load_config
 from prefix_composer.data.manifest import check_run_data
 from prefix_composer.runtime.checkpoints import prepare_autoresume
+from prefix_composer.runtime.config_checks import check_config_keys
 from prefix_composer.runtime.multinode import install_node_signal_file_name
 from prefix_composer.training.model import DEFAULT_LOSS_IMPL
 
@@ -35,8 +38,8 @@ def check_parallelism(cfg: DictConfig) -> None:
 
 
 def preflight(cfg: DictConfig) -> None:
-    """Checks that need no Trainer: the MDS data was made for this tokenizer and max_seq_len;
-    autoresume will load the newest intact checkpoint (broken or half-written ones set aside)."""
+    """Checks that need no Trainer: the MDS data was made for this tokenizer and max_seq_len and its
+    shard files are whole; autoresume will load the newest intact checkpoint (broken or half-written ones set aside)."""
     kwargs = om.to_container(cfg.tokenizer.kwargs, resolve=True) if cfg.tokenizer.get('kwargs') else {}
     check_run_data(cfg, build_tokenizer(cfg.tokenizer.name, kwargs))
     prepare_autoresume(cfg)
@@ -54,6 +57,7 @@ def main(argv: Sequence[str]) -> None:
         raise SystemExit('usage: composer train.py yamls/<variant>.yaml [key=value ...]')
     cfg = load_config(argv[0], argv[1:])
     configure_logging(cfg)
+    check_config_keys(cfg)
     check_parallelism(cfg)
     # With several ranks build_tokenizer (pre-flight) synchronises them, so the process group must
     # exist first; llm-foundry's train() finds it initialised.

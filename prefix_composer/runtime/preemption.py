@@ -38,6 +38,7 @@ from composer.core import Callback, Event, State
 from composer.loggers import Logger
 from composer.utils import dist, reproducibility
 
+from prefix_composer.constants import is_number
 from prefix_composer.evaluation.callback import LMEvalCallback
 from prefix_composer.runtime.checkpoints import AtomicCheckpointSaver
 
@@ -54,8 +55,8 @@ class GracefulPreemption(Callback):
     """
 
     def __init__(self, grace_seconds: float = 30.0):
-        if not grace_seconds > 0:
-            raise ValueError(f'graceful_preemption grace_seconds must be > 0, got {grace_seconds!r}.')
+        if not (is_number(grace_seconds) and grace_seconds > 0):
+            raise ValueError(f'callbacks.graceful_preemption.grace_seconds must be a number of seconds > 0, got {grace_seconds!r}.')
         self.grace_seconds = float(grace_seconds)
         self.signal_time: Optional[float] = None
         self.saver: Optional[CheckpointSaver] = None
