@@ -49,7 +49,7 @@ def read_mds_manifest(mds_dir: str) -> Optional[dict]:
     return manifest
 
 
-def _loader_datasets(cfg: DictConfig) -> list[tuple[str, Any]]:
+def loader_datasets(cfg: DictConfig) -> list[tuple[str, Any]]:
     """(name, dataset config) of the train loader and every eval loader (a mapping or a list)."""
     out = []
     for key in ('train_loader', 'eval_loader'):
@@ -71,7 +71,7 @@ def check_run_data(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> None:
     must be one it wrote; otherwise ``ValueError``. A folder without manifest gets a warning.
     """
     run_hash = None
-    for name, dataset in _loader_datasets(cfg):
+    for name, dataset in loader_datasets(cfg):
         local = dataset.get('local')
         if not local:
             continue
