@@ -213,17 +213,21 @@ def streaming_shm(prefix: int) -> set[str]:
 
 
 def test_shared_memory_of_a_killed_dataset_is_removed_and_a_live_one_kept(tiny_mds):
-    killed = subprocess.Popen([sys.executable, '-c', STALE_DATASET, str(tiny_mds)], stdout=subprocess.PIPE, text=True)
-    try:
-        killed_prefix = int(killed.stdout.readline())
-    finally:
-        killed.send_signal(signal.SIGKILL)
-        killed.wait()
-    stale = streaming_shm(killed_prefix)
-    assert stale  # SIGKILL left them
+    # Built first: a dataset built later maps the entries it finds while choosing its prefix.
     live = StreamingDataset(local=str(tiny_mds), split='val', batch_size=1)
     kept = streaming_shm(live._shm_prefix_int)
     assert kept
+    # A new session, killed as a whole as a pod is: Python's resource tracker (a child process) dies
+    # too, instead of unlinking what a lone killed process leaked.
+    killed = subprocess.Popen([sys.executable, '-c', STALE_DATASET, str(tiny_mds)], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        killed_prefix = int(killed.stdout.readline())
+    finally:
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait()
+    stale = streaming_shm(killed_prefix)
+    assert stale  # the kill left them
     removed = clean_stale_streaming_shm()
     assert stale <= set(removed) and not streaming_shm(killed_prefix)
     assert streaming_shm(live._shm_prefix_int) == kept and not kept & set(removed)
