@@ -6,7 +6,7 @@ exit; a killed run leaves it behind, so every preemption leaks memory and the ne
 higher prefix. Streaming's own ``clean_stale_shared_memory`` unlinks every such entry, including
 those of a live dataset of another run on the same node (this machine's tests, two jobs sharing a
 host's ``/dev/shm``). Here an entry counts as stale when no process that this one can inspect maps it
-(``/proc/<pid>/maps``, by inode): a live StreamingDataset keeps all its entries mapped for its lifetime.
+(``/proc/<pid>/maps``, by device and inode): a live StreamingDataset keeps all its entries mapped for its lifetime.
 Only entries owned by this user are considered (``/dev/shm`` is sticky: others' cannot be removed).
 """
 
@@ -24,23 +24,25 @@ SHM_DIR = '/dev/shm'
 STREAMING_SHM = re.compile(r'^\d{6}_(%s)$' % '|'.join(map(re.escape, SHM_TO_CLEAN)))
 
 
-def mapped_shm_inodes() -> set[int]:
-    """Inodes of the ``/dev/shm`` files mapped by any process whose ``/proc/<pid>/maps`` is readable.
+def mapped_shm_files() -> set[tuple[int, int, int]]:
+    """(device major, minor, inode) of the ``/dev/shm`` files mapped by any process whose
+    ``/proc/<pid>/maps`` is readable.
 
-    Inodes, not names: a mapping of an entry that was unlinked (``(deleted)``) does not keep a new
-    entry of the same name alive.
+    Files, not names: a mapping of an entry that was unlinked (``(deleted)``) does not keep a new
+    entry of the same name alive, nor does a file of another ``/dev/shm`` (another pod's tmpfs).
     """
-    inodes = set()
+    files = set()
     for pid in filter(str.isdigit, os.listdir('/proc')):
         try:
             with open(f'/proc/{pid}/maps') as maps:
                 for line in maps:
                     fields = line.split(maxsplit=5)  # address perms offset dev inode path
                     if len(fields) == 6 and fields[5].startswith(SHM_DIR + '/'):
-                        inodes.add(int(fields[4]))
+                        major, minor = fields[3].split(':')
+                        files.add((int(major, 16), int(minor, 16), int(fields[4])))
         except OSError:  # the process ended, or is another user's
             continue
-    return inodes
+    return files
 
 
 def clean_stale_streaming_shm() -> list[str]:
@@ -55,10 +57,10 @@ def clean_stale_streaming_shm() -> list[str]:
         except FileNotFoundError:
             continue
         if stat.st_uid == uid:
-            candidates[name] = stat.st_ino
-    live = mapped_shm_inodes() if candidates else set()
+            candidates[name] = (os.major(stat.st_dev), os.minor(stat.st_dev), stat.st_ino)
+    live = mapped_shm_files() if candidates else set()
     removed = []
-    for name in sorted(name for name, inode in candidates.items() if inode not in live):
+    for name in sorted(name for name, file in candidates.items() if file not in live):
         try:
             os.remove(os.path.join(SHM_DIR, name))
         except FileNotFoundError:  # its owner exited cleanly meanwhile
