@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from prefix_composer.runtime.experiment import RECORD_NAME
 from prefix_composer.runtime.launch import main as train_main
+from prefix_composer.runtime.run_folder import LOCK_NAME
 from prefix_composer.objectives.targets import OBJECTIVES
 
 from conftest import write_token_mds
@@ -62,7 +64,8 @@ def test_every_objective_trains(objective, tiny_mds, tmp_path, tokenizer, capfd)
     assert ((0 < strict) & (strict < inclusive) & (inclusive < 1)).all()
     own_gap = (evals['metrics/eval/ObjectiveLoss'] - evals['metrics/eval/LanguageCrossEntropy']).abs().max()
     assert (own_gap < 1e-5) if objective == 'ce' else (own_gap > 1e-4)
-    assert sorted(os.listdir(tmp_path / objective / 'checkpoints')) == ['ep0-ba2-rank0.pt', 'ep0-ba4-rank0.pt', 'latest-rank0.pt']
+    assert sorted(os.listdir(tmp_path / objective / 'checkpoints')) == sorted(
+        ['ep0-ba2-rank0.pt', 'ep0-ba4-rank0.pt', 'latest-rank0.pt', RECORD_NAME, LOCK_NAME])
     # What the objective asks for on the first batch: 4 sequences x 31 scored positions.
     setup = setup_row(metrics)
     mass, entropy = setup['metrics/setup/target_off_gold_mass'], setup['metrics/setup/target_entropy']
@@ -113,7 +116,7 @@ def test_composer_cli_trains_and_autoresumes(tiny_mds, tmp_path):
 def test_bad_config_fails_before_training(override, message, tiny_mds, tmp_path):
     with pytest.raises(ValueError, match=message):
         train_main([SMOKE, *tiny_overrides(tiny_mds, tmp_path), override])
-    assert not (tmp_path / 'smoke_cpu' / 'checkpoints').exists()
+    assert not list((tmp_path / 'smoke_cpu' / 'checkpoints').glob('*.pt'))  # the folder exists: start-up probed it
 
 
 def test_token_ids_outside_the_tokenizer_fail_on_the_first_batch(tmp_path):

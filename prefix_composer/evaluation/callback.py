@@ -42,7 +42,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from prefix_composer.constants import is_number
 from prefix_composer.evaluation.adapter import EvaluationInterrupted, check_batch_size
 from prefix_composer.evaluation.harness import AUTOCAST_DTYPES, METRIC_PREFIX, LMEvalResult, evaluate_lm
-from prefix_composer.evaluation.records import RECORDS_SUBDIR, records_path, remove_records_after, run_identity, write_records
+from prefix_composer.evaluation.records import default_records_folder, records_path, remove_records_after, run_identity, write_records
 from prefix_composer.evaluation.tasks import build_task_manager, check_tasks
 from prefix_composer.training.algorithm import PrefixSmoothing
 
@@ -72,8 +72,7 @@ def records_folder(state: State, records_dir: Optional[str]) -> str:
             f'has {"a remote save_folder" if savers else "no save_folder"}. Set callbacks.lm_eval.records_dir to a '
             'local or mounted folder (e.g. ${variables.run_root}/${run_name}/lm_eval).',
         )
-    checkpoints = format_name_with_dist(savers[0].folder, state.run_name)
-    return os.path.join(os.path.dirname(os.path.abspath(checkpoints)), RECORDS_SUBDIR)
+    return default_records_folder(format_name_with_dist(savers[0].folder, state.run_name))
 
 
 def state_run_identity(state: State) -> dict[str, Any]:

@@ -48,6 +48,11 @@ class Records:
     items: list[dict[str, Any]]
 
 
+def default_records_folder(save_folder: str) -> str:
+    """Where records go without ``records_dir``: ``lm_eval`` beside the checkpoint folder ``save_folder``."""
+    return os.path.join(os.path.dirname(os.path.abspath(save_folder)), RECORDS_SUBDIR)
+
+
 def records_path(folder: str, batch: int) -> str:
     """``<folder>/ba<batch>.jsonl.gz``."""
     return os.path.join(folder, f'ba{int(batch)}.jsonl.gz')

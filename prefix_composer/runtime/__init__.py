@@ -1,7 +1,5 @@
-"""Runtime: the ``train.py`` main with its pre-flight, atomic checkpoints, graceful preemption, the launcher."""
-
-from prefix_composer.runtime.checkpoints import AtomicCheckpointSaver, prepare_autoresume, select_resume_checkpoint
-from prefix_composer.runtime.launch import main, preflight
-from prefix_composer.runtime.preemption import GracefulPreemption
-
-__all__ = ['AtomicCheckpointSaver', 'GracefulPreemption', 'main', 'preflight', 'prepare_autoresume', 'select_resume_checkpoint']
+"""Runtime: ``launch`` (train.py's main and its pre-flight), ``checkpoints`` (atomic saves, resume selection),
+``run_folder`` (lock, writability probes), ``experiment`` (the run folder's experiment record),
+``shared_memory`` (stale Streaming shared memory), ``preemption`` (SIGTERM), ``launcher``, ``multinode``.
+Import the modules themselves: this package imports nothing, so ``run_folder`` stays cheap to import.
+"""

@@ -142,25 +142,30 @@ def prune_checkpoints(folder: str, keep: int) -> list[str]:
     return doomed
 
 
+def local_save_folder(cfg: DictConfig) -> Optional[str]:
+    """``save_folder`` with ``{run_name}`` formatted; None when it is unset or remote (``s3://...``), which
+    the start-up checks skip (``launch.preflight`` warns once)."""
+    folder = cfg.get('save_folder')
+    if not folder or parse_uri(str(folder))[0]:
+        return None
+    return format_name_with_dist(str(folder), cfg.run_name)
+
+
 def prepare_autoresume(cfg: DictConfig) -> Optional[str]:
-    """Pre-flight for autoresume: ``select_resume_checkpoint`` on the run's local ``save_folder``.
+    """Pre-flight for autoresume: ``select_resume_checkpoint`` on the run's ``local_save_folder``.
 
     Runs on global rank 0 only (env ``RANK``); the other ranks read ``latest-rank0.pt`` only after
     rank 0 has joined Composer's autoresume broadcast, i.e. after this. Returns the checkpoint the
     run will resume from (None: fresh start or autoresume off).
     """
-    folder = cfg.get('save_folder')
+    folder = local_save_folder(cfg)
     if not folder or not cfg.get('autoresume', False) or int(os.environ.get('RANK', '0')) != 0:
         return None
     if (cfg.get('save_filename') or CHECKPOINT_FILENAME) != CHECKPOINT_FILENAME or \
             (cfg.get('save_latest_filename') or LATEST_FILENAME) != LATEST_FILENAME:
         raise ValueError(f'autoresume pre-flight needs the default save_filename ({CHECKPOINT_FILENAME}) '
                          f'and save_latest_filename ({LATEST_FILENAME}).')
-    backend, _, _ = parse_uri(str(folder))
-    if backend:
-        log.warning('save_folder %s is remote; checkpoints are not checked before resuming.', folder)
-        return None
-    chosen = select_resume_checkpoint(format_name_with_dist(str(folder), cfg.run_name))
+    chosen = select_resume_checkpoint(folder)
     log.info('Autoresume checkpoint: %s', chosen or 'none (fresh start)')
     return chosen
 

@@ -2,17 +2,19 @@
 
 Everything that can be checked before the first batch is checked here or while the Trainer is
 built (objective arguments, model vocab, lm-eval tasks). Here, in order: keys that nothing would
-read (``config_checks``), FSDP with the fused loss, then (pre-flight) the MDS data against the run
-and its shard files, and the checkpoints autoresume will load.
+read (``config_checks``), FSDP with the fused loss, then (pre-flight) writable output folders, the
+run-folder lock, the checkpoints autoresume will load and the experiment they belong to, stale
+shared memory, and the MDS data against the run and its shard files.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Iterator, Optional, Sequence
 
-from composer.utils import dist, get_device
+from composer.utils import dist, format_name_with_dist, get_device
 from llmfoundry.command_utils import train
 from llmfoundry.utils.builders import build_tokenizer
 from omegaconf import DictConfig
@@ -20,9 +22,14 @@ from omegaconf import OmegaConf as om
 
 from prefix_composer.config import load_config
 from prefix_composer.data.manifest import check_run_data
-from prefix_composer.runtime.checkpoints import prepare_autoresume
+from prefix_composer.evaluation.records import default_records_folder
+from prefix_composer.runtime.checkpoints import local_save_folder, prepare_autoresume
 from prefix_composer.runtime.config_checks import check_config_keys
+from prefix_composer.runtime.experiment import check_experiment, take_allowed_changes
 from prefix_composer.runtime.multinode import install_node_signal_file_name
+from prefix_composer.runtime.run_folder import check_writable, lock_run_folder
+from prefix_composer.runtime.shared_memory import clean_stale_streaming_shm
+from prefix_composer.training.csv_logger import DEFAULT_PATH, metrics_path
 from prefix_composer.training.model import DEFAULT_LOSS_IMPL
 
 log = logging.getLogger(__name__)
@@ -37,12 +44,53 @@ def check_parallelism(cfg: DictConfig) -> None:
                          'set model.loss_impl: logits (full logits, the HF loss path) or remove fsdp_config (DDP).')
 
 
-def preflight(cfg: DictConfig) -> None:
-    """Checks that need no Trainer: the MDS data was made for this tokenizer and max_seq_len and its
-    shard files are whole; autoresume will load the newest intact checkpoint (broken or half-written ones set aside)."""
-    kwargs = om.to_container(cfg.tokenizer.kwargs, resolve=True) if cfg.tokenizer.get('kwargs') else {}
-    check_run_data(cfg, build_tokenizer(cfg.tokenizer.name, kwargs))
-    prepare_autoresume(cfg)
+def output_folders(cfg: DictConfig, save_folder: Optional[str]) -> list[tuple[str, str]]:
+    """(config key, folder) of what global rank 0 writes: checkpoints, ``metrics.csv``, lm-eval records."""
+    folders = [('save_folder', save_folder)] if save_folder else []
+    if om.select(cfg, 'loggers.csv') is not None:
+        path = metrics_path(str(om.select(cfg, 'loggers.csv.path') or DEFAULT_PATH), str(cfg.run_name))
+        folders.append(('loggers.csv.path', os.path.dirname(os.path.abspath(path))))
+    if om.select(cfg, 'callbacks.lm_eval') is not None:
+        records_dir = om.select(cfg, 'callbacks.lm_eval.records_dir')
+        if records_dir is not None:
+            folders.append(('callbacks.lm_eval.records_dir', format_name_with_dist(str(records_dir), cfg.run_name)))
+        elif save_folder:
+            folders.append(('callbacks.lm_eval.records_dir (unset: <save_folder>/../lm_eval)',
+                            default_records_folder(save_folder)))
+    return folders
+
+
+def checked_save_folder(cfg: DictConfig) -> Optional[str]:
+    """Global rank 0's checks of the output folders (all writable); returns the local save_folder to lock."""
+    save_folder = local_save_folder(cfg)
+    if cfg.get('save_folder') and save_folder is None:
+        log.warning('save_folder %s is remote: its checkpoints, run lock and experiment record are not checked '
+                    'at start-up.', cfg.save_folder)
+    for key, folder in output_folders(cfg, save_folder):
+        check_writable(key, folder)
+    return save_folder
+
+
+@contextmanager
+def preflight(cfg: DictConfig, allowed_changes: Sequence[str] = ()) -> Iterator[None]:
+    """Checks that need no Trainer, then holds the run folder's lock while the caller trains.
+
+    Global rank 0: every output folder is writable; the save_folder is locked for this process
+    (another live run on it stops this one); autoresume will load the newest intact checkpoint
+    (broken or half-written ones set aside); a resumed run is the experiment that wrote the
+    checkpoints (``check_experiment``, ``allowed_changes`` let through). Local rank 0 of every node:
+    stale Streaming shared memory is removed. Every rank: the MDS data was made for this tokenizer
+    and max_seq_len, and its shard files are whole.
+    """
+    save_folder = checked_save_folder(cfg) if dist.get_global_rank() == 0 else None
+    with lock_run_folder(save_folder) if save_folder else nullcontext():
+        if save_folder:
+            check_experiment(cfg, save_folder, resuming=prepare_autoresume(cfg) is not None, allowed=allowed_changes)
+        if dist.get_local_rank() == 0:
+            clean_stale_streaming_shm()
+        kwargs = om.to_container(cfg.tokenizer.kwargs, resolve=True) if cfg.tokenizer.get('kwargs') else {}
+        check_run_data(cfg, build_tokenizer(cfg.tokenizer.name, kwargs))
+        yield
 
 
 def configure_logging(cfg: DictConfig) -> None:
@@ -56,6 +104,7 @@ def main(argv: Sequence[str]) -> None:
     if not argv:
         raise SystemExit('usage: composer train.py yamls/<variant>.yaml [key=value ...]')
     cfg = load_config(argv[0], argv[1:])
+    allowed_changes = take_allowed_changes(cfg)
     configure_logging(cfg)
     check_config_keys(cfg)
     check_parallelism(cfg)
@@ -63,6 +112,6 @@ def main(argv: Sequence[str]) -> None:
     # exist first; llm-foundry's train() finds it initialised.
     dist.initialize_dist(get_device(None), timeout=cfg.get('dist_timeout', 600.0))
     install_node_signal_file_name()
-    preflight(cfg)
-    om.clear_resolver('oc.env')  # as llm-foundry's train_from_yaml
-    train(cfg)
+    with preflight(cfg, allowed_changes):
+        om.clear_resolver('oc.env')  # as llm-foundry's train_from_yaml
+        train(cfg)

@@ -30,6 +30,12 @@ from composer.utils import dist
 log = logging.getLogger(__name__)
 
 FIXED_COLUMNS = ('batch', 'tokens', 'wall_time_s', 'phase')
+DEFAULT_PATH = './runs/{run_name}/metrics.csv'
+
+
+def metrics_path(template: str, run_name: str) -> str:
+    """The CSV file of run ``run_name``: ``template`` (the ``path`` argument) with ``{run_name}`` replaced."""
+    return template.format(run_name=run_name)
 
 
 def metric_phase(name: str) -> str:
@@ -56,7 +62,7 @@ class CSVLogger(LoggerDestination):
         log_interval: write a train row every this many batches (use the console_log_interval).
     """
 
-    def __init__(self, path: str = './runs/{run_name}/metrics.csv', log_interval: str | int = '1ba'):
+    def __init__(self, path: str = DEFAULT_PATH, log_interval: str | int = '1ba'):
         self.path_template = path
         self.log_interval = Time.from_input(log_interval, TimeUnit.BATCH)
         if self.log_interval.unit != TimeUnit.BATCH or self.log_interval.value < 1:
@@ -73,7 +79,7 @@ class CSVLogger(LoggerDestination):
     def init(self, state: State, logger: Logger) -> None:
         self._state = state
         if dist.get_global_rank() == 0:
-            self.path = self.path_template.format(run_name=state.run_name)
+            self.path = metrics_path(self.path_template, state.run_name)
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
 
     def fit_start(self, state: State, logger: Logger) -> None:

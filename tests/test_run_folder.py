@@ -1,0 +1,234 @@
+"""Start-up guards on the run folder (docs/preemption.md): the experiment record, the run lock,
+writable output folders, stale Streaming shared memory. Mostly in-process on the functions; two
+subprocess runs of ``composer train.py`` check that the real command stops before the model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import zipfile
+
+import pytest
+from streaming import StreamingDataset
+from streaming.base.constant import SHM_TO_CLEAN
+from streaming.base.shared.prefix import _get_path
+
+from prefix_composer.config import load_config
+from prefix_composer.runtime.experiment import ALLOW_KEY, RECORD_NAME, check_experiment, take_allowed_changes
+from prefix_composer.runtime.launch import checked_save_folder
+from prefix_composer.runtime.run_folder import LOCK_NAME, RunFolderBusy, check_writable, lock_run_folder
+from prefix_composer.runtime.shared_memory import SHM_DIR, clean_stale_streaming_shm
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(REPO, 'yamls', 'smoke_cpu.yaml')
+COMPOSER = os.path.join(os.path.dirname(sys.executable), 'composer')  # the venv's, not PATH's
+STARTUP_TIMEOUT_S = 600  # the shared test machine can be very slow to import the training stack
+
+
+def smoke_overrides(mds, run_root) -> list[str]:
+    return [f'variables.data.mds_dir={mds}', f'variables.run_root={run_root}', 'max_seq_len=32',
+            'global_train_batch_size=4', 'device_train_microbatch_size=4', 'device_eval_batch_size=4']
+
+
+def smoke(mds, run_root, *extra):
+    return load_config(SMOKE, [*smoke_overrides(mds, run_root), *extra])
+
+
+def folder_of(run_root):
+    return run_root / 'smoke_cpu' / 'checkpoints'
+
+
+def record(run_root) -> dict:
+    return json.loads((folder_of(run_root) / RECORD_NAME).read_text())
+
+
+def started(mds, run_root):
+    """A run folder as a first start leaves it: the experiment recorded."""
+    os.makedirs(folder_of(run_root))
+    check_experiment(smoke(mds, run_root), str(folder_of(run_root)), resuming=False)
+    return record(run_root)
+
+
+# -- the experiment record ------------------------------------------------------------------
+def test_same_experiment_resumes_and_changed_settings_are_logged(tiny_mds, tmp_path, caplog):
+    first = started(tiny_mds, tmp_path)
+    assert first['experiment']['seed'] == 17 and first['settings']['max_duration'] == '30ba'
+    assert first['experiment']['data.train_loader.index_sha256'] is not None  # the MDS split's index is hashed
+    with caplog.at_level(logging.INFO, logger='prefix_composer'):
+        check_experiment(smoke(tiny_mds, tmp_path, 'max_duration=60ba', 'save_interval=5ba'),
+                         str(folder_of(tmp_path)), resuming=True)
+    assert 'max_duration: "30ba" -> "60ba"; save_interval: "10ba" -> "5ba"' in caplog.text
+    now = record(tmp_path)
+    assert now['experiment'] == first['experiment'] and now['started'] == first['started'] and now['changes'] == []
+    assert now['settings']['max_duration'] == '60ba'
+
+
+@pytest.mark.parametrize('override, changed', [
+    ('seed=18', 'seed: 17 -> 18'),
+    ('algorithms.prefix_smoothing.eps=0.5', 'algorithms.prefix_smoothing.eps: 1.0 -> 0.5'),
+    ('variables.global_seed=18', 'seed: 17 -> 18; train_loader.dataset.shuffle_seed: 17 -> 18'),
+])
+def test_changed_experiment_is_refused_naming_both_values(override, changed, tiny_mds, tmp_path):
+    before = started(tiny_mds, tmp_path)
+    keys = ','.join(part.split(':')[0] for part in changed.split('; '))
+    with pytest.raises(ValueError, match='holds checkpoints of another experiment') as refused:
+        check_experiment(smoke(tiny_mds, tmp_path, override), str(folder_of(tmp_path)), resuming=True)
+    message = str(refused.value)
+    assert f'Changed since {folder_of(tmp_path) / RECORD_NAME}: {changed}. ' in message
+    assert 'run_name=<new name>' in message and f'{ALLOW_KEY}=[{keys}]' in message
+    assert record(tmp_path) == before
+
+
+def test_changed_data_is_refused(tiny_mds, tmp_path_factory):
+    run_root = tmp_path_factory.mktemp('runs')
+    started(tiny_mds, run_root)
+    other = tmp_path_factory.mktemp('other_mds')
+    for split in ('train', 'val'):  # the same MDS content, but the train split indexed differently
+        os.makedirs(other / split)
+        index = json.loads((tiny_mds / split / 'index.json').read_text())
+        index['shards'] = index['shards'] * (2 if split == 'train' else 1)
+        (other / split / 'index.json').write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r'data\.train_loader\.index_sha256: "[0-9a-f]{64}" -> "[0-9a-f]{64}"\. '):
+        check_experiment(smoke(other, run_root), str(folder_of(run_root)), resuming=True)
+
+
+def test_allowed_change_resumes_and_is_recorded(tiny_mds, tmp_path, caplog):
+    started(tiny_mds, tmp_path)
+    cfg = smoke(tiny_mds, tmp_path, 'algorithms.prefix_smoothing.eps=0.5', f'{ALLOW_KEY}=[algorithms.prefix_smoothing]')
+    allowed = take_allowed_changes(cfg)
+    assert allowed == ('algorithms.prefix_smoothing',) and ALLOW_KEY not in cfg  # llm-foundry never sees it
+    check_experiment(cfg, str(folder_of(tmp_path)), resuming=True, allowed=allowed)
+    assert 'deliberate experiment change (allow_experiment_change): algorithms.prefix_smoothing.eps: 1.0 -> 0.5' in caplog.text
+    now = record(tmp_path)
+    assert now['experiment']['algorithms.prefix_smoothing.eps'] == 0.5
+    assert [c['experiment'] for c in now['changes']] == [{'algorithms.prefix_smoothing.eps': [1.0, 0.5]}]
+    # the next restart of the changed run needs no override; going back to 1.0 would
+    with pytest.raises(ValueError, match=r'eps: 0\.5 -> 1\.0'):
+        check_experiment(smoke(tiny_mds, tmp_path), str(folder_of(tmp_path)), resuming=True)
+    check_experiment(smoke(tiny_mds, tmp_path, 'algorithms.prefix_smoothing.eps=0.5'), str(folder_of(tmp_path)), resuming=True)
+
+
+def test_checkpoints_without_record_get_one_with_a_warning_and_a_fresh_start_replaces_it(tiny_mds, tmp_path, caplog):
+    os.makedirs(folder_of(tmp_path))
+    check_experiment(smoke(tiny_mds, tmp_path), str(folder_of(tmp_path)), resuming=True)
+    assert 'has checkpoints but no experiment.json' in caplog.text and record(tmp_path)['experiment']['seed'] == 17
+    # no checkpoint to resume (e.g. the first start failed before batch 1): nothing to mix, the new config is recorded
+    check_experiment(smoke(tiny_mds, tmp_path, 'seed=18'), str(folder_of(tmp_path)), resuming=False)
+    assert record(tmp_path)['experiment']['seed'] == 18
+
+
+def composer_start(mds, run_root, *extra) -> subprocess.CompletedProcess:
+    return subprocess.run([COMPOSER, 'train.py', SMOKE, *smoke_overrides(mds, run_root), *extra], cwd=REPO,
+                          capture_output=True, text=True, timeout=STARTUP_TIMEOUT_S)
+
+
+def fake_checkpoint(run_root) -> None:
+    """An intact zip named as a checkpoint: the pre-flight selects it, so the run would resume it."""
+    with zipfile.ZipFile(folder_of(run_root) / 'ep0-ba10-rank0.pt', 'w') as archive:
+        archive.writestr('data.pkl', b'not loaded: the run stops before')
+
+
+def test_composer_train_refuses_a_changed_seed_before_building_the_model(tiny_mds, tmp_path):
+    started(tiny_mds, tmp_path)
+    fake_checkpoint(tmp_path)
+    done = composer_start(tiny_mds, tmp_path, 'seed=18')
+    assert done.returncode != 0
+    assert (f'{folder_of(tmp_path)} holds checkpoints of another experiment: resuming them with this config would '
+            f'mix two experiments. Changed since {folder_of(tmp_path) / RECORD_NAME}: seed: 17 -> 18. Start a new run '
+            f'folder with run_name=<new name>, or, if the change is deliberate, add {ALLOW_KEY}=[seed]') in done.stderr
+    assert 'Building tokenizer...' not in done.stderr  # llm-foundry's train() was never entered
+    assert not (tmp_path / 'smoke_cpu' / 'metrics.csv').exists()
+
+
+# -- the run lock ---------------------------------------------------------------------------
+def test_lock_is_exclusive_and_released_on_close(tmp_path):
+    first = lock_run_folder(str(tmp_path))
+    assert (tmp_path / LOCK_NAME).read_text().startswith(f'host {os.uname().nodename}, pid {os.getpid()}, started ')
+    with pytest.raises(RunFolderBusy, match=f'is in use by another live run \\(host .*, pid {os.getpid()}, started .*\\)'):
+        lock_run_folder(str(tmp_path))
+    first.close()
+    lock_run_folder(str(tmp_path)).close()
+
+
+def test_second_run_is_refused_while_a_live_one_holds_the_folder_and_a_killed_holder_releases_it(tiny_mds, tmp_path):
+    folder = folder_of(tmp_path)
+    os.makedirs(folder)
+    holder = subprocess.Popen(
+        [sys.executable, '-c', 'import sys, time\nfrom prefix_composer.runtime.run_folder import lock_run_folder\n'
+         'lock = lock_run_folder(sys.argv[1])\nprint("locked", flush=True)\ntime.sleep(600)', str(folder)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == 'locked\n'
+        done = composer_start(tiny_mds, tmp_path)
+        assert done.returncode != 0
+        assert f'{folder} is in use by another live run (host {os.uname().nodename}, pid {holder.pid}, started ' in done.stderr
+        assert 'Stop that run, or give this one its own folder with run_name=<new name>.' in done.stderr
+        assert not (folder / RECORD_NAME).exists()  # stopped before any other check
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    lock_run_folder(str(folder)).close()  # the OS released the killed holder's lock
+
+
+# -- writable output folders ----------------------------------------------------------------
+def test_writable_folder_is_created_and_left_clean(tmp_path):
+    check_writable('save_folder', str(tmp_path / 'a' / 'b'))
+    assert os.listdir(tmp_path / 'a' / 'b') == []
+
+
+@pytest.mark.parametrize('key, override, blocker, folder', [
+    ('save_folder', 'save_folder=/proc/x', None, '/proc/x'),
+    ('loggers.csv.path', 'loggers.csv.path={tmp}/file/sub/metrics.csv', 'file', '{tmp}/file/sub'),
+    ('callbacks.lm_eval.records_dir', 'callbacks.lm_eval.records_dir={tmp}/file/sub', 'file', '{tmp}/file/sub'),
+    ('callbacks.lm_eval.records_dir (unset: <save_folder>/../lm_eval)', 'save_folder={tmp}/run/checkpoints',
+     'run/lm_eval', '{tmp}/run/lm_eval'),
+])
+def test_unwritable_output_folder_is_named_with_its_key_path_and_error(key, override, blocker, folder, tiny_mds, tmp_path):
+    if blocker:  # a regular file: nothing can be created below it, not even by root
+        os.makedirs(os.path.dirname(tmp_path / blocker), exist_ok=True)
+        (tmp_path / blocker).write_text('')
+    cfg = smoke(tiny_mds, tmp_path, override.format(tmp=tmp_path), 'callbacks.lm_eval.tasks=[charbench]')
+    with pytest.raises(OSError) as failed:
+        checked_save_folder(cfg)
+    message = str(failed.value)
+    assert message.startswith(f'{key}: cannot write to {folder.format(tmp=tmp_path)} (') and '[Errno ' in message
+    assert f'Set {key} to a writable folder' in message
+
+
+# -- stale Streaming shared memory ----------------------------------------------------------
+STALE_DATASET = """import sys, time
+from streaming import StreamingDataset
+dataset = StreamingDataset(local=sys.argv[1], split='train', batch_size=1)
+print(dataset._shm_prefix_int, flush=True)
+time.sleep(600)
+"""
+
+
+def streaming_shm(prefix: int) -> set[str]:
+    """The /dev/shm entries of Streaming's prefix ``prefix`` (names by Streaming's own ``_get_path``)."""
+    return {name for name in (_get_path(prefix, shm) for shm in SHM_TO_CLEAN) if os.path.exists(os.path.join(SHM_DIR, name))}
+
+
+def test_shared_memory_of_a_killed_dataset_is_removed_and_a_live_one_kept(tiny_mds):
+    # Built first: a dataset built later maps the entries it finds while choosing its prefix.
+    live = StreamingDataset(local=str(tiny_mds), split='val', batch_size=1)
+    kept = streaming_shm(live._shm_prefix_int)
+    assert kept
+    # A new session, killed as a whole as a pod is: Python's resource tracker (a child process) dies
+    # too, instead of unlinking what a lone killed process leaked.
+    killed = subprocess.Popen([sys.executable, '-c', STALE_DATASET, str(tiny_mds)], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        killed_prefix = int(killed.stdout.readline())
+    finally:
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait()
+    stale = streaming_shm(killed_prefix)
+    assert stale  # the kill left them
+    removed = clean_stale_streaming_shm()
+    assert stale <= set(removed) and not streaming_shm(killed_prefix)
+    assert streaming_shm(live._shm_prefix_int) == kept and not kept & set(removed)
