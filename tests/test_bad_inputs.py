@@ -146,19 +146,20 @@ def write_split(folder: Path, compression: str | None = None) -> None:
             writer.write({'tokens': np.arange(i, i + SEQ, dtype=np.int32)})
 
 
+def build_mds(root: Path, tokenizer, compression: str | None = None) -> Path:
+    """train (3+ shards) and val MDS splits with the manifest create_mds writes, as far as the training check reads it."""
+    write_split(root / 'train', compression)
+    write_split(root / 'val', compression)
+    manifest = {'format': MDS_FORMAT, 'splits': {'train': {}, 'val': {}},
+                'config': {'tokenizer': {'name': 'llama3_packaged', 'content_sha256': tokenizer_content_hash(tokenizer)},
+                           'max_seq_len': SEQ, 'compression': compression}}
+    (root / MANIFEST_NAME).write_text(json.dumps(manifest))
+    return root
+
+
 @pytest.fixture
 def mds(tmp_path, tokenizer):
-    """train (3+ shards) and val MDS splits with the manifest create_mds writes, as far as the training check reads it."""
-    def build(compression: str | None = None) -> Path:
-        root = tmp_path / 'mds'
-        write_split(root / 'train', compression)
-        write_split(root / 'val', compression)
-        manifest = {'format': MDS_FORMAT, 'splits': {'train': {}, 'val': {}},
-                    'config': {'tokenizer': {'name': 'llama3_packaged', 'content_sha256': tokenizer_content_hash(tokenizer)},
-                               'max_seq_len': SEQ, 'compression': compression}}
-        (root / MANIFEST_NAME).write_text(json.dumps(manifest))
-        return root
-    return build
+    return lambda compression=None: build_mds(tmp_path / 'mds', tokenizer, compression)
 
 
 def shard_file(split: Path, k: int) -> Path:

@@ -180,13 +180,16 @@ def test_writable_folder_is_created_and_left_clean(tmp_path):
     assert os.listdir(tmp_path / 'a' / 'b') == []
 
 
-@pytest.mark.parametrize('key, override, blocker, folder', [
+UNWRITABLE_FOLDERS = [  # (key named, override of yamls/smoke_cpu.yaml, regular file put in the way, folder named)
     ('save_folder', 'save_folder=/proc/x', None, '/proc/x'),
     ('loggers.csv.path', 'loggers.csv.path={tmp}/file/sub/metrics.csv', 'file', '{tmp}/file/sub'),
     ('callbacks.lm_eval.records_dir', 'callbacks.lm_eval.records_dir={tmp}/file/sub', 'file', '{tmp}/file/sub'),
     ('callbacks.lm_eval.records_dir (unset: <save_folder>/../lm_eval)', 'save_folder={tmp}/run/checkpoints',
      'run/lm_eval', '{tmp}/run/lm_eval'),
-])
+]
+
+
+@pytest.mark.parametrize('key, override, blocker, folder', UNWRITABLE_FOLDERS)
 def test_unwritable_output_folder_is_named_with_its_key_path_and_error(key, override, blocker, folder, tiny_mds, tmp_path):
     if blocker:  # a regular file: nothing can be created below it, not even by root
         os.makedirs(os.path.dirname(tmp_path / blocker), exist_ok=True)

@@ -106,13 +106,16 @@ def test_composer_cli_trains_and_autoresumes(tiny_mds, tmp_path):
     pd.testing.assert_frame_equal(kept[first.columns.drop('wall_time_s')], first.drop(columns='wall_time_s'))
 
 
-@pytest.mark.parametrize('override, message', [
+BAD_CONFIG_REFUSALS = [  # (override of yamls/smoke_cpu.yaml, message fragment)
     ('algorithms.prefix_smoothing.objective=focal', 'Unknown objective'),
     ('algorithms.prefix_smoothing.eps=2', 'eps must be'),
     ('algorithms.prefix_smoothing.tau=0', 'tau must be'),
     ('algorithms.prefix_smoothing.support=loose', 'support must be'),
     ('model.config.vocab_size=128000', 'smaller than the tokenizer'),
-])
+]
+
+
+@pytest.mark.parametrize('override, message', BAD_CONFIG_REFUSALS)
 def test_bad_config_fails_before_training(override, message, tiny_mds, tmp_path):
     with pytest.raises(ValueError, match=message):
         train_main([SMOKE, *tiny_overrides(tiny_mds, tmp_path), override])
