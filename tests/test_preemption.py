@@ -329,7 +329,9 @@ def test_two_ranks_stop_after_the_batch_only_rank_1_got_sigterm_for_and_rank_0_s
     assert ' 0.0 s after SIGTERM (grace 0 s)' in preempted[0][0][1]
     assert sorted(os.listdir(folder_)) == ['ep0-ba2-rank0.pt', LATEST_NAME]
     saved = torch.load(folder_ / 'ep0-ba2-rank0.pt', map_location='cpu', weights_only=False)
-    assert int(saved['state']['timestamp']['batch']) == 2 and len(saved['rng']) == 2
+    timestamp = saved['state']['timestamp']['Timestamp']
+    assert (timestamp['batch'], timestamp['sample']) == (2, 2 * 2 * 4)  # 2 batches of 4 samples on each of 2 ranks
+    assert len(saved['rng']) == 2
 
 
 def broken_checkpoint_folder(root):
