@@ -21,7 +21,7 @@ import sys
 
 from omegaconf import OmegaConf as om
 
-from make_yamls import FAMILIES, REPO
+from make_yamls import FAMILIES, REPO, report_check
 from prefix_composer.objectives import ObjectiveSpec, build_target_table, token_byte_strings
 from prefix_composer.objectives.stats import PLAIN_CE_OFF_GOLD, per_id_stats
 from prefix_composer.tokenizer import PackagedLlama3Tokenizer
@@ -101,14 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         before, block, after = split_readme(f.read())
     expected = rows(names)
     if args.check:
-        stale = stale_rows(block, expected)
-        for line in stale:
-            print(f'stale: {line}')
-        if stale:
-            print('Regenerate with `uv run python scripts/objective_mass_table.py`.')
-            return 1
-        print(f'{len(expected)} rows of the objective mass table up to date in {args.readme}.')
-        return 0
+        return report_check(stale_rows(block, expected), 'objective_mass_table.py',
+                            f'{len(expected)} rows of the objective mass table up to date in {args.readme}.')
     with open(args.readme, 'w') as f:
         f.write(before + BEGIN + '\n' + '\n'.join([*HEADER, *expected.values()]) + '\n' + END + after)
     print(f'Wrote {len(expected)} rows to {args.readme}.')

@@ -42,7 +42,8 @@ def test_dry_run_prints_one_command_per_run_and_bad_options_fail(capsys):
     with pytest.raises(SystemExit) as refused:
         demo.main(['--bogus', '2'])
     assert refused.value.code == 2
-    assert "error: unrecognized arguments ['--bogus', '2']: options are listed by --help, overrides are key=value" in capsys.readouterr().err
+    assert ("error: unrecognized arguments ['--bogus', '2']: options are listed by --help, overrides are key=value"
+            in capsys.readouterr().err)
     with pytest.raises(ValueError, match='--seeds must be >= 1'):
         demo.main(['--dry-run', '--seeds', '0'])
 

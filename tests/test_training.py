@@ -129,7 +129,7 @@ def test_token_ids_outside_the_tokenizer_fail_on_the_first_batch(tmp_path):
 
 def test_a_negative_token_id_fails_the_training_forward(tokenizer):
     model = tiny_model(tokenizer).train()
-    with pytest.raises(ValueError, match=r"^The training data holds token id -3, outside the tokenizer's 128256 ids: "
-                                         r"the dataset was tokenized with another tokenizer\. Rebuild it with scripts/create_mds\.py\.$"):
+    with pytest.raises(ValueError, match=r"^The training data holds token id -3, outside the tokenizer's 128256 ids: the "
+                                         r"dataset was tokenized with another tokenizer\. Rebuild it with scripts/create_mds\.py\.$"):
         model({'input_ids': torch.tensor([[5, -3, 17, 128255]])})
     assert model({'input_ids': torch.tensor([[5, 0, 17, 128255]])}).hidden_states.shape == (1, 4, 32)  # in range: runs
