@@ -65,10 +65,10 @@ def rows(names: list[str]) -> dict[str, str]:
     return {name: table_row(name, pieces, specials) for name in names}
 
 
-def split_readme(text: str) -> tuple[str, list[str], str]:
-    """(text before the block, the block's lines, text after it)."""
+def split_readme(text: str, path: str) -> tuple[str, list[str], str]:
+    """(text before the block, the block's lines, text after it) of the file ``path`` holding ``text``."""
     if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-        raise ValueError(f'{README} needs exactly one {BEGIN!r} ... {END!r} block.')
+        raise ValueError(f'{path} needs exactly one {BEGIN!r} ... {END!r} block.')
     before, rest = text.split(BEGIN + '\n', 1)
     block, after = rest.split(END, 1)
     return before, block.splitlines(), after
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f'unknown variants {unknown}; they are: {" ".join(variant_names())}')
     with open(args.readme) as f:
-        before, block, after = split_readme(f.read())
+        before, block, after = split_readme(f.read(), args.readme)
     expected = rows(names)
     if args.check:
         return report_check(stale_rows(block, expected), 'objective_mass_table.py',

@@ -309,7 +309,7 @@ CHECKED_ROWS = ['ce', 'label_smoothing', 'b000_unnorm_tau0p05', 'prefix_unnorm_e
 
 def mass_table_row(name: str) -> list[str]:
     with open(objective_mass_table.README) as f:
-        _, block, _ = objective_mass_table.split_readme(f.read())
+        _, block, _ = objective_mass_table.split_readme(f.read(), objective_mass_table.README)
     return next(line for line in block if line.startswith(f'| `{name}` |')).split(' | ')
 
 
@@ -337,5 +337,5 @@ def test_mass_table_check_fails_on_a_planted_edit(tmp_path, capsys):
     assert objective_mass_table.main(['--check', '--readme', str(readme), '--variants', 'label_smoothing']) == 1
     assert capsys.readouterr().out.splitlines()[:2] == ['stale: b000_ce (missing)', 'stale: label_smoothing (differs)']
     readme.write_text(text.replace(objective_mass_table.END, ''))
-    with pytest.raises(ValueError, match='needs exactly one'):
+    with pytest.raises(ValueError, match=f'^{re.escape(str(readme))} needs exactly one'):
         objective_mass_table.main(['--check', '--readme', str(readme), '--variants', 'ce'])
