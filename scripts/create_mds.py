@@ -15,7 +15,7 @@ from prefix_composer.data.build_mds import DEFAULT_BATCH_DOCS, create_mds
 from prefix_composer.data.run_config import load_data_run_config
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--run-config', required=True, help='training YAML (yamls/<variant>.yaml)')
     parser.add_argument('overrides', nargs='*', help='key=value overrides, as for train.py')
@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument('--compression', default=None, help='MDS shard compression, e.g. zstd (default: none)')
     parser.add_argument('--overwrite', action='store_true', help='replace an existing mds_dir built from another config')
     parser.add_argument('--no-progress', action='store_true')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
 
     try:

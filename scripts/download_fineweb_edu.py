@@ -22,7 +22,7 @@ from prefix_composer.data.download import (
 from prefix_composer.data.run_config import load_data_run_config
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--run-config', required=True, help='training YAML (yamls/<variant>.yaml)')
     parser.add_argument('overrides', nargs='*', help='key=value overrides, as for train.py')
@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument('--docs-per-shard', type=int, default=DEFAULT_DOCS_PER_SHARD)
     parser.add_argument('--overwrite', action='store_true', help='discard an existing download in raw_dir')
     parser.add_argument('--no-progress', action='store_true')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
 
     try:

@@ -200,6 +200,17 @@ def stale_files(files: dict[str, str], out_dir: str) -> list[str]:
     return stale
 
 
+def report_check(stale: list[str], script: str, up_to_date: str) -> int:
+    """``--check``'s output and exit status: each stale item and how to regenerate (1), else ``up_to_date`` (0)."""
+    for line in stale:
+        print(f'stale: {line}')
+    if stale:
+        print(f'Regenerate with `uv run python scripts/{script}`.')
+        return 1
+    print(up_to_date)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out-dir', default=os.path.join(REPO, 'yamls'), help='where the variant YAMLs go (default: yamls/)')
@@ -213,14 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))
     if args.check:
-        stale = stale_files(files, args.out_dir)
-        for line in stale:
-            print(f'stale: {line}')
-        if stale:
-            print('Regenerate with `uv run python scripts/make_yamls.py`.')
-            return 1
-        print(f'{len(files)} YAMLs up to date in {args.out_dir}.')
-        return 0
+        return report_check(stale_files(files, args.out_dir), 'make_yamls.py', f'{len(files)} YAMLs up to date in {args.out_dir}.')
     for name, text in files.items():
         os.makedirs(os.path.dirname(os.path.join(args.out_dir, name)), exist_ok=True)
         with open(os.path.join(args.out_dir, name), 'w') as f:

@@ -11,6 +11,7 @@ import lm_eval
 import torch
 from composer import Trainer
 from composer.loggers import InMemoryLogger
+from composer.utils import dist
 from torch.utils.data import DataLoader
 
 from prefix_composer.evaluation.tasks import TASKS_DIR
@@ -97,7 +98,8 @@ def token_loader(tokenizer, samples: int = 16, seq_len: int = 32, batch_size: in
     text_ids = tokenizer(TRAINING_TEXT, add_special_tokens=False).input_ids
     ids = text_ids * -(-samples * seq_len // len(text_ids))
     rows = [torch.tensor(ids[i * seq_len:(i + 1) * seq_len]) for i in range(samples)]
-    return DataLoader([{'input_ids': r, 'labels': r} for r in rows], batch_size=batch_size, shuffle=False)
+    samples = [{'input_ids': r, 'labels': r} for r in rows]
+    return DataLoader(samples, batch_size=batch_size, sampler=dist.get_sampler(samples, shuffle=False))  # rank's share
 
 
 def train_tiny(tokenizer, max_duration: str, callbacks=(), attention_dropout: float = 0.0, **trainer_kwargs):

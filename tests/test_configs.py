@@ -25,6 +25,7 @@ YAMLS = REPO / 'yamls'
 sys.path.insert(0, str(REPO / 'scripts'))
 
 import make_yamls  # noqa: E402
+import objective_mass_table  # noqa: E402
 
 FAMILIES = {f.base: [v.name for v in f.variants] for f in make_yamls.FAMILIES}
 ALL_VARIANTS = [name for names in FAMILIES.values() for name in names]
@@ -298,3 +299,43 @@ def test_replica_k_of_every_variant_sees_the_same_first_batch(k, numbered_mds, t
     # The comparison can fail: the next replica of ce sees another batch.
     other = first_train_batch(REPLICAS['ce', k + 1], numbered_mds, tokenizer)
     assert not np.array_equal(other, ce), f'replicas {k} and {k + 1} of ce see the same first batch'
+
+
+# -- the objective mass table of yamls/README.md (scripts/objective_mass_table.py) ----------------
+# All 21 tables take minutes on the real vocabulary: the test recomputes rows of ce, label smoothing,
+# the 1.0-gold-weight tau 0.05 variant and one prefix softmax (about 15 s on 2 cores).
+CHECKED_ROWS = ['ce', 'label_smoothing', 'b000_unnorm_tau0p05', 'prefix_unnorm_eps0p1']
+
+
+def mass_table_row(name: str) -> list[str]:
+    with open(objective_mass_table.README) as f:
+        _, block, _ = objective_mass_table.split_readme(f.read(), objective_mass_table.README)
+    return next(line for line in block if line.startswith(f'| `{name}` |')).split(' | ')
+
+
+def test_mass_table_rows_in_the_readme_are_current(capsys):
+    assert objective_mass_table.main(['--check', '--variants', *CHECKED_ROWS]) == 0
+    assert capsys.readouterr().out.strip().endswith(f'{len(CHECKED_ROWS)} rows of the objective mass table up to date in '
+                                                    f'{objective_mass_table.README}.')
+    # label smoothing in closed form: q_gold = 1 - eps, eps / (V - 1) on every other id
+    vocab, eps = 128_256, 0.1
+    entropy = -(1 - eps) * np.log(1 - eps) - eps * np.log(eps / (vocab - 1))
+    assert mass_table_row('label_smoothing')[5:9] == ['0.1', '0.1', f'{entropy:.4g}', f'0 / {vocab:,} (0.0000)']
+    assert mass_table_row('b000_unnorm_tau0p05')[8:] == [f'{vocab:,} / {vocab:,} (1.0000)',
+                                                         'plain CE on this vocabulary (< 0.0001) |']
+
+
+def test_mass_table_check_fails_on_a_planted_edit(tmp_path, capsys):
+    with open(objective_mass_table.README) as f:
+        text = f.read()
+    planted = text.replace('| `label_smoothing` | `label_smoothing` | 0.1 | 1 | inclusive | 0.1 |',
+                           '| `label_smoothing` | `label_smoothing` | 0.1 | 1 | inclusive | 0.11 |')
+    planted = planted.replace(' | '.join(mass_table_row('b000_ce')) + '\n', '')  # the table's row, not the family table's
+    assert planted.count('\n') == text.count('\n') - 1 and '0.11 |' in planted
+    readme = tmp_path / 'README.md'
+    readme.write_text(planted)
+    assert objective_mass_table.main(['--check', '--readme', str(readme), '--variants', 'label_smoothing']) == 1
+    assert capsys.readouterr().out.splitlines()[:2] == ['stale: b000_ce (missing)', 'stale: label_smoothing (differs)']
+    readme.write_text(text.replace(objective_mass_table.END, ''))
+    with pytest.raises(ValueError, match=f'^{re.escape(str(readme))} needs exactly one'):
+        objective_mass_table.main(['--check', '--readme', str(readme), '--variants', 'ce'])

@@ -24,6 +24,7 @@ from transformers import PreTrainedTokenizerFast
 
 sys.path.insert(0, os.path.dirname(__file__))
 import data_helpers as h  # noqa: E402
+from lm_eval_helpers import load_script  # noqa: E402
 
 from prefix_composer.data import download as download_module  # noqa: E402
 from prefix_composer.data.ascii_text import to_ascii  # noqa: E402
@@ -259,7 +260,9 @@ def test_unreadable_raw_shard_is_named(corpus, tmp_path):
 
 def test_check_run_data_against_manifest(corpus, caplog):
     run = run_config(corpus, 'mds_check')
-    create_mds(run, workers=1, progress=False)
+    with caplog.at_level(logging.WARNING, logger='prefix_composer.data.build_mds'):
+        built = create_mds(run, workers=1, progress=False)
+    assert built['splits']['train']['tokens'] >= TRAIN_TOKENS and not caplog.records  # enough: no warning
     cfg = load_config(h.SMOKE_YAML, [f'variables.data.mds_dir={run.mds_dir}', f'max_seq_len={SEQ}'])
     tok = h.tokenizer()
     check_run_data(cfg, tok)  # matches
@@ -318,3 +321,43 @@ def test_produced_mds_trains_with_composer(corpus):
     with open(os.path.join(run_root, 'smoke_cpu', 'metrics.csv')) as f:
         rows = list(csv.DictReader(f))
     assert any(r['batch'] == '3' for r in rows)
+
+
+def test_a_train_split_below_train_tokens_warns(corpus, caplog):
+    run = run_config(corpus, 'mds_short', **{'variables.data.train_tokens': 10**6})
+    with caplog.at_level(logging.WARNING, logger='prefix_composer.data.build_mds'):
+        built = create_mds(run, workers=1, progress=False)
+    tokens = built['splits']['train']['tokens']
+    assert 0 < tokens < 10**6
+    assert [r.getMessage() for r in caplog.records] == [
+        f'Train split has {tokens} tokens, fewer than variables.data.train_tokens=1000000: training will repeat data.']
+
+
+@pytest.mark.parametrize('script, options', [
+    ('download_fineweb_edu', ['--run-config', '--data-files', '--train-tokens', '--val-tokens', '--margin',
+                              '--chars-per-token', '--docs-per-shard', '--overwrite', '--no-progress']),
+    ('create_mds', ['--run-config', '--workers', '--batch-docs', '--compression', '--overwrite', '--no-progress']),
+])
+def test_data_scripts_help_lists_their_options(script, options, capsys):
+    with pytest.raises(SystemExit) as done:
+        load_script(script).main(['--help'])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and out.startswith('usage: ')
+    assert [o for o in options if f'  {o}' not in out] == []  # each listed as an option line
+
+
+def test_download_script_refuses_a_changed_chars_per_token(corpus):
+    raw_dir = os.path.join(corpus['root'], 'raw')
+    with pytest.raises(SystemExit, match=rf'^error: {raw_dir} holds a download of .* \(chars_per_token=5\.0\), not of '
+                                         r'.* \(chars_per_token=4\.5\); pass --overwrite to replace it\.$'):
+        load_script('download_fineweb_edu').main(['--run-config', h.SMOKE_YAML, '--data-files', corpus['file'],
+                                                  '--chars-per-token', '4.5', '--no-progress',
+                                                  *h.overrides(corpus['root'], SEQ, TRAIN_TOKENS, VAL_TOKENS)])
+    assert read_raw_manifest(raw_dir) == corpus['raw']  # the download is left as it was
+
+
+def test_create_mds_script_refuses_zero_workers(tmp_path):
+    with pytest.raises(SystemExit, match=r'^error: workers and batch_docs must be >= 1, got 0, 256\.$'):
+        load_script('create_mds').main(['--run-config', h.SMOKE_YAML, '--workers', '0', '--no-progress',
+                                        *h.overrides(str(tmp_path), SEQ, TRAIN_TOKENS, VAL_TOKENS)])
+    assert os.listdir(tmp_path) == []

@@ -39,7 +39,18 @@ def test_dry_run_prints_one_command_per_run_and_bad_options_fail(capsys):
     assert demo.main(['--dry-run', '--seeds', '3']) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 6 and all(' train.py yamls/smoke_cpu.yaml run_name=' in line for line in lines)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as refused:
         demo.main(['--bogus', '2'])
+    assert refused.value.code == 2
+    assert ("error: unrecognized arguments ['--bogus', '2']: options are listed by --help, overrides are key=value"
+            in capsys.readouterr().err)
     with pytest.raises(ValueError, match='--seeds must be >= 1'):
         demo.main(['--dry-run', '--seeds', '0'])
+
+
+def test_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit) as done:
+        demo.main(['--help'])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and out.startswith('usage: ')
+    assert [o for o in ('--seeds', '--batches', '--limit', '--parallel', '--dry-run') if f'  {o}' not in out] == []

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from composer.core import Callback
+from composer.core import Callback, Precision
 from lm_eval.tasks._yaml_loader import load_yaml
 from llmfoundry.utils.builders import build_callback
 
@@ -21,7 +21,7 @@ from lm_eval_helpers import (LM_EVAL_TASKS, ROOT, WINOGRANDE_ITEMS, continuation
 from prefix_composer.evaluation.adapter import forward_chunks
 from prefix_composer.evaluation.callback import LMEvalCallback
 from prefix_composer.evaluation.charbench.generate import DATA_DIR as CHARBENCH_DATA
-from prefix_composer.evaluation.harness import METRIC_PREFIX, evaluate_lm, flatten_metrics
+from prefix_composer.evaluation.harness import AUTOCAST_DTYPES, METRIC_PREFIX, evaluate_lm, flatten_metrics
 from prefix_composer.evaluation.tasks import TASKS_DIR, build_task_manager
 
 LOCAL_AND_CHARBENCH = ['local_hellaswag', 'local_winogrande', 'charbench_count_single']
@@ -220,3 +220,19 @@ def test_train_py_run_logs_lm_eval_rows_and_keeps_training(tiny_mds, local_tasks
         key: float(value) for key, value in lm_rows[-1].items() if key.startswith(METRIC_PREFIX)}
     # training went on after the evaluations: a training loss for every batch
     assert [int(r['batch']) for r in rows if r['phase'] == 'train' and r['loss/train/total']] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize('precision, logits_dtype', [('amp_bf16', torch.bfloat16), ('fp32', torch.float32)])
+def test_the_trainers_precision_is_the_autocast_of_the_evaluation_forward(tokenizer, local_tasks, precision, logits_dtype):
+    """The callback passes ``AUTOCAST_DTYPES[state.precision]``; amp_bf16 -> the forward runs under CPU
+    autocast to bfloat16 (fp32 weights, bf16 logits), fp32 -> no autocast."""
+    hf = tiny_model(tokenizer).model
+    seen = []
+    hf.register_forward_hook(lambda module, args, out: seen.append(
+        (torch.is_autocast_enabled('cpu'), torch.get_autocast_dtype('cpu'), out.logits.dtype)))
+    dtype = AUTOCAST_DTYPES[Precision(precision)]
+    result = evaluate_lm(hf, tokenizer, ['local_winogrande'], build_task_manager(['local_winogrande'], [local_tasks]),
+                         batch_size=4, limit=2, mixed_precision_dtype=dtype)
+    assert len(seen) > 0 and set(seen) == {(dtype is not None, torch.bfloat16, logits_dtype)}
+    assert result.evaluation['settings']['autocast'] == (None if dtype is None else 'bfloat16')
+    assert {p.dtype for p in hf.parameters()} == {torch.float32}

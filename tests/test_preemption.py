@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import csv
 import logging
+import logging.handlers
 import os
-import random
 import re
 import signal
 import subprocess
@@ -21,16 +21,21 @@ import time
 
 import pytest
 import torch
+from composer.core import Callback
+from omegaconf import DictConfig
 
+from lm_eval_helpers import load_script, train_tiny
 from prefix_composer.runtime.checkpoints import (
     CORRUPT_SUFFIX,
     LATEST_NAME,
     checkpoint_files,
+    prepare_autoresume,
     prune_checkpoints,
     select_resume_checkpoint,
 )
 from prefix_composer.runtime.experiment import RECORD_NAME
 from prefix_composer.runtime.run_folder import LOCK_NAME
+from prefix_composer.runtime.preemption import GracefulPreemption
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_BATCHES = 12
@@ -165,21 +170,37 @@ def straight_run(tmp_path_factory, tiny_mds):
     return root
 
 
-# -- guarantee 1: SIGKILL at a random batch -----------------------------------------------
-def test_sigkill_at_random_batch_resumes_bitwise_identically(tmp_path, tiny_mds, straight_run):
-    kill_after = random.Random(6).randint(SAVE_EVERY + 1, MAX_BATCHES - 1)  # a batch past the first checkpoint
-    proc = start(tmp_path, tiny_mds, 'b1')
-    wait_for(lambda: folder(tmp_path).is_dir() and checkpoint_files(str(folder(tmp_path)))
-             and last_logged_batch(tmp_path) >= kill_after, proc,
-             f'batch {kill_after}')
-    os.killpg(proc.pid, signal.SIGKILL)
-    assert finish(proc) == -signal.SIGKILL
-    killed_at = last_logged_batch(tmp_path)
-    assert kill_after <= killed_at < MAX_BATCHES
+# -- guarantee 1: SIGKILL at any batch ---------------------------------------------------
+# One run killed twice and restarted after each kill (3 processes, not 2 per kill point). After
+# batch 3: between the checkpoints of 2 and 4, before any eval (the restart redoes batch 3 and
+# drops its row). After batch 8: a checkpoint and eval batch, so the kill lands in its eval, its
+# save or just after them, and the restart resumes from 6 or 8.
+KILL_AFTER = (3, 8)
 
-    log = run_to_end(tmp_path, tiny_mds, 'b2')
-    resumed = int(re.search(r'Autoresume checkpoint: \S*ep0-ba(\d+)-rank0\.pt', log).group(1))
-    assert SAVE_EVERY <= resumed <= killed_at
+
+def resumed_from(log: str) -> int:
+    return int(re.search(r'Autoresume checkpoint: \S*ep0-ba(\d+)-rank0\.pt', log).group(1))
+
+
+def test_sigkill_at_batches_between_and_on_checkpoints_resumes_bitwise_identically(tmp_path, tiny_mds, straight_run):
+    """SIGKILL after batches 3 and 8 of one run (KILL_AFTER); every restart resumes from the newest
+    checkpoint saved before the kill, and the final state equals run A's."""
+    killed_at = 0
+    for i, kill_after in enumerate([*KILL_AFTER, None]):
+        proc = start(tmp_path, tiny_mds, f'b{i}')
+        if kill_after is None:
+            assert finish(proc) == 0, proc.log_path.read_text()[-5000:]
+        else:
+            assert kill_after > killed_at  # else the rows of the killed run would satisfy the wait at once
+            wait_for(lambda: last_logged_batch(tmp_path) >= kill_after, proc, f'batch {kill_after}')
+            os.killpg(proc.pid, signal.SIGKILL)
+            assert finish(proc) == -signal.SIGKILL
+        if i:
+            resumed = resumed_from(proc.log_path.read_text())
+            assert resumed % SAVE_EVERY == 0 and killed_at - SAVE_EVERY <= resumed <= killed_at
+        if kill_after is not None:
+            killed_at = last_logged_batch(tmp_path)
+            assert kill_after <= killed_at < MAX_BATCHES
     assert_same_final_state(tmp_path, straight_run)
 
 
@@ -261,3 +282,111 @@ def test_prune_keeps_the_newest_across_processes(tmp_path):
     deleted = prune_checkpoints(str(tmp_path), 2)
     assert sorted(os.path.basename(p) for p in deleted) == ['ep0-ba2-rank0.pt', 'ep0-ba4-rank0.pt', 'ep0-ba6-rank0.pt']
     assert [os.path.basename(p) for p in checkpoint_files(str(tmp_path))] == ['ep0-ba12-rank0.pt', 'ep0-ba10-rank0.pt']
+
+
+# -- several ranks: all stop after the same batch, rank 0 alone saves and checks -----------
+class SigtermAt(Callback):
+    """Sends SIGTERM to this process at ``BATCH_END`` of ``batch`` if it is global rank ``rank``."""
+
+    def __init__(self, rank: int, batch: int):
+        self.rank, self.batch = rank, batch
+
+    def batch_end(self, state, logger):
+        if int(state.timestamp.batch) == self.batch and torch.distributed.get_rank() == self.rank:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def preempted_rank(rank: int, world_size: int, port: int, args: dict) -> dict:
+    """One gloo rank training ``train_tiny`` with ``graceful_preemption``; SIGTERM reaches rank 1 only."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),
+                      NODE_RANK='0', MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    records = logging.handlers.BufferingHandler(10_000)
+    logging.getLogger('prefix_composer.runtime.preemption').addHandler(records)
+    logging.getLogger('prefix_composer.runtime.preemption').setLevel(logging.INFO)
+    preemption = GracefulPreemption(grace_seconds=args['grace_seconds'])
+    try:
+        train_tiny(args['tokenizer'], '6ba', callbacks=[SigtermAt(rank=1, batch=2), preemption],
+                   save_folder=args['folder'], save_interval='4ba')
+        code = 'finished'
+    except SystemExit as e:
+        code = e.code
+    return {'code': code, 'got_sigterm': preemption.signal_time is not None,
+            'log': [(r.levelname, r.getMessage()) for r in records.buffer]}
+
+
+def test_two_ranks_stop_after_the_batch_only_rank_1_got_sigterm_for_and_rank_0_saves_it(tokenizer, tmp_path):
+    """Two gloo ranks (forked): rank 1 gets SIGTERM in batch 2, rank 0 none. The all-reduce makes both
+    stop after batch 2 with exit 0; only rank 0 writes (the batch-2 checkpoint, with both ranks' RNG).
+    Rank 1 waited longer than its 1 ms grace (the save): a warning; rank 0 never got the signal: info."""
+    folder_ = tmp_path / 'checkpoints'
+    ranks = load_script('bench_lm_eval').run_processes(
+        preempted_rank, 2, {'tokenizer': tokenizer, 'folder': str(folder_), 'grace_seconds': 0.001})
+    assert [r['code'] for r in ranks] == [0, 0]
+    assert [r['got_sigterm'] for r in ranks] == [False, True]
+    preempted = [[(level, m) for level, m in r['log'] if m.startswith('Preempted: ')] for r in ranks]
+    assert [len(p) for p in preempted] == [1, 1]
+    assert [level for (level, _), in preempted] == ['INFO', 'WARNING']
+    assert all(m.startswith('Preempted: stopping at batch 2 with its checkpoint saved, ') for (_, m), in preempted)
+    assert ' 0.0 s after SIGTERM (grace 0 s)' in preempted[0][0][1]
+    assert sorted(os.listdir(folder_)) == ['ep0-ba2-rank0.pt', LATEST_NAME]
+    saved = torch.load(folder_ / 'ep0-ba2-rank0.pt', map_location='cpu', weights_only=False)
+    timestamp = saved['state']['timestamp']['Timestamp']
+    assert (timestamp['batch'], timestamp['sample']) == (2, 2 * 2 * 4)  # 2 batches of 4 samples on each of 2 ranks
+    assert len(saved['rng']) == 2
+
+
+def broken_checkpoint_folder(root):
+    """A run folder with a truncated newest checkpoint, a stale temp file and ``latest`` on the broken one."""
+    run = root / 'r' / 'checkpoints'
+    run.mkdir(parents=True)
+    for batch in (2, 4):
+        fake_checkpoint(run / f'ep0-ba{batch}-rank0.pt')
+    os.truncate(run / 'ep0-ba4-rank0.pt', 100)
+    (run / 'partial-ep0-ba6-rank0.pt').write_bytes(b'half')
+    os.symlink('ep0-ba4-rank0.pt', run / LATEST_NAME)
+    return run
+
+
+def autoresume_config(folder_, **extra):
+    return DictConfig({'save_folder': str(folder_), 'autoresume': True, 'run_name': 'r', **extra})
+
+
+def test_only_global_rank_0_checks_and_repairs_the_checkpoint_folder(tmp_path, monkeypatch):
+    run = broken_checkpoint_folder(tmp_path)
+    cfg = autoresume_config(tmp_path / '{run_name}' / 'checkpoints')
+    before = sorted(os.listdir(run))
+    monkeypatch.setenv('RANK', '1')
+    assert prepare_autoresume(cfg) is None
+    assert sorted(os.listdir(run)) == before and os.readlink(run / LATEST_NAME) == 'ep0-ba4-rank0.pt'
+    monkeypatch.setenv('RANK', '0')
+    assert prepare_autoresume(cfg) == str(run / 'ep0-ba2-rank0.pt')
+    assert sorted(os.listdir(run)) == ['ep0-ba2-rank0.pt', 'ep0-ba4-rank0.pt.corrupt', LATEST_NAME]
+
+
+@pytest.mark.parametrize('key', ['save_filename', 'save_latest_filename'])
+def test_preflight_refuses_other_checkpoint_names(tmp_path, key):
+    run = broken_checkpoint_folder(tmp_path)
+    before = sorted(os.listdir(run))
+    with pytest.raises(ValueError, match=r'^autoresume pre-flight needs the default save_filename '
+                                         r'\(ep\{epoch\}-ba\{batch\}-rank\{rank\}\.pt\) and save_latest_filename '
+                                         r'\(latest-rank\{rank\}\.pt\)\.$'):
+        prepare_autoresume(autoresume_config(tmp_path / '{run_name}' / 'checkpoints', **{key: 'ba{batch}-{rank}.pt'}))
+    assert sorted(os.listdir(run)) == before
+
+
+def test_preflight_warns_that_a_remote_folder_is_not_checked(caplog):
+    with caplog.at_level(logging.WARNING, logger='prefix_composer.runtime.checkpoints'):
+        assert prepare_autoresume(autoresume_config('s3://bucket/{run_name}/checkpoints')) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        'save_folder s3://bucket/{run_name}/checkpoints is remote; checkpoints are not checked before resuming.']
+
+
+def test_graceful_preemption_refuses_to_start_without_checkpoints(tokenizer):
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(ValueError, match=r'^graceful_preemption grace_seconds must be > 0, got 0\.$'):
+        GracefulPreemption(grace_seconds=0)
+    with pytest.raises(ValueError, match=r'^graceful_preemption needs checkpoints: set save_folder '
+                                         r'\(and autoresume: true\)\.$'):
+        train_tiny(tokenizer, '1ba', callbacks=[GracefulPreemption()])
+    assert signal.getsignal(signal.SIGTERM) is handler  # not replaced

@@ -10,7 +10,9 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from lm_eval_helpers import tiny_model
 from prefix_composer.runtime.experiment import RECORD_NAME
 from prefix_composer.runtime.launch import main as train_main
 from prefix_composer.runtime.run_folder import LOCK_NAME
@@ -129,3 +131,11 @@ def test_token_ids_outside_the_tokenizer_fail_on_the_first_batch(tmp_path):
     with pytest.raises(ValueError, match='token id 128300, outside the tokenizer'):
         train_main([SMOKE, *tiny_overrides(tmp_path / 'mds', tmp_path / 'runs')])
     assert not list((tmp_path / 'runs' / 'smoke_cpu').glob('checkpoints/*.pt'))
+
+
+def test_a_negative_token_id_fails_the_training_forward(tokenizer):
+    model = tiny_model(tokenizer).train()
+    with pytest.raises(ValueError, match=r"^The training data holds token id -3, outside the tokenizer's 128256 ids: the "
+                                         r"dataset was tokenized with another tokenizer\. Rebuild it with scripts/create_mds\.py\.$"):
+        model({'input_ids': torch.tensor([[5, -3, 17, 128255]])})
+    assert model({'input_ids': torch.tensor([[5, 0, 17, 128255]])}).hidden_states.shape == (1, 4, 32)  # in range: runs

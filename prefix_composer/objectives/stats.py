@@ -17,6 +17,9 @@ import torch
 
 from prefix_composer.objectives.targets import TargetTable
 
+# Mean off-gold mass below which an objective is plain cross-entropy (``PrefixSmoothing``'s warning).
+PLAIN_CE_OFF_GOLD = 1e-4
+
 
 def _xlogx(q: torch.Tensor) -> torch.Tensor:
     """q·log q, with q clamped at 0 (label smoothing at eps=1 stores the gold weight 1-eps-u, which

@@ -27,7 +27,7 @@ from composer.utils import dist
 from prefix_composer.constants import IGNORE_INDEX, SOFT_TARGETS_KEY, is_number
 from prefix_composer.objectives import ObjectiveSpec, TargetTable, build_target_table, token_byte_strings
 from prefix_composer.objectives.labels import next_token_labels
-from prefix_composer.objectives.stats import per_id_stats
+from prefix_composer.objectives.stats import PLAIN_CE_OFF_GOLD, per_id_stats
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class PrefixSmoothing(Algorithm):
     """
 
     def __init__(self, objective: str = 'prefix_softmax', eps: float = 0.1, tau: float = 1.0, support: str = 'inclusive',
-                 warn_off_gold_below: float = 1e-4):
+                 warn_off_gold_below: float = PLAIN_CE_OFF_GOLD):
         self.spec = ObjectiveSpec(objective=objective, eps=eps, tau=tau, support=support)
         if not (is_number(warn_off_gold_below) and warn_off_gold_below >= 0):
             raise ValueError(f'algorithms.prefix_smoothing.warn_off_gold_below must be a number >= 0, got {warn_off_gold_below!r}.')
