@@ -34,6 +34,7 @@ from prefix_composer.runtime.checkpoints import (
     select_resume_checkpoint,
 )
 from prefix_composer.runtime.experiment import RECORD_NAME
+from prefix_composer.runtime.launch import checked_save_folder
 from prefix_composer.runtime.run_folder import LOCK_NAME
 from prefix_composer.runtime.preemption import GracefulPreemption
 
@@ -376,15 +377,18 @@ def test_preflight_refuses_other_checkpoint_names(tmp_path, key):
 
 
 def test_preflight_warns_that_a_remote_folder_is_not_checked(caplog):
-    with caplog.at_level(logging.WARNING, logger='prefix_composer.runtime.checkpoints'):
-        assert prepare_autoresume(autoresume_config('s3://bucket/{run_name}/checkpoints')) is None
+    cfg = autoresume_config('s3://bucket/{run_name}/checkpoints')
+    with caplog.at_level(logging.WARNING, logger='prefix_composer.runtime'):
+        assert prepare_autoresume(cfg) is None and checked_save_folder(cfg) is None
     assert [r.getMessage() for r in caplog.records] == [
-        'save_folder s3://bucket/{run_name}/checkpoints is remote; checkpoints are not checked before resuming.']
+        'save_folder s3://bucket/{run_name}/checkpoints is remote: its checkpoints, run lock and experiment record '
+        'are not checked at start-up.']
 
 
 def test_graceful_preemption_refuses_to_start_without_checkpoints(tokenizer):
     handler = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(ValueError, match=r'^graceful_preemption grace_seconds must be > 0, got 0\.$'):
+    with pytest.raises(ValueError, match=r'^callbacks\.graceful_preemption\.grace_seconds must be a number of seconds '
+                                         r'> 0, got 0\.$'):
         GracefulPreemption(grace_seconds=0)
     with pytest.raises(ValueError, match=r'^graceful_preemption needs checkpoints: set save_folder '
                                          r'\(and autoresume: true\)\.$'):
