@@ -259,7 +259,7 @@ def test_select_resume_checkpoint_skips_broken_and_repoints_latest(tmp_path, cap
     (tmp_path / 'partial-ep0-ba10-rank0.pt').write_bytes(b'half')
     os.symlink('ep0-ba8-rank0.pt', tmp_path / LATEST_NAME)
 
-    with caplog.at_level(logging.WARNING, logger='prefix_composer.checkpoints'):
+    with caplog.at_level(logging.WARNING, logger='prefix_composer.runtime.checkpoints'):
         chosen = select_resume_checkpoint(str(tmp_path))
     assert chosen == str(tmp_path / 'ep0-ba4-rank0.pt')
     assert os.readlink(tmp_path / LATEST_NAME) == 'ep0-ba4-rank0.pt'
