@@ -48,17 +48,35 @@ class Case:
     expected: str                               # what the test asserts the message holds
     overrides: list[str]
     prepare: Optional[Callable[[Path, Path], object]] = None  # (run root, MDS root) -> something to keep alive
+    compression: Optional[str] = None           # of the case's MDS set
+
+
+def overrides(key: str, arguments: dict) -> list[str]:
+    """``key.<name>=<value>`` for each argument, booleans spelled as YAML's ``true``/``false``."""
+    return [f'{key}.{k}={str(v).lower() if isinstance(v, bool) else v}' for k, v in arguments.items()]
 
 
 def objective_overrides(arguments: dict) -> list[str]:
     """``algorithms.prefix_smoothing`` set to exactly ``arguments`` (ObjectiveSpec's defaults elsewhere)."""
-    values = {f.name: arguments.get(f.name, f.default) for f in dataclasses.fields(ObjectiveSpec)}
-    return [f'algorithms.prefix_smoothing.{k}={str(v).lower() if isinstance(v, bool) else v}' for k, v in values.items()]
+    return overrides('algorithms.prefix_smoothing',
+                     {f.name: arguments.get(f.name, f.default) for f in dataclasses.fields(ObjectiveSpec)})
 
 
-def damage(name: str, compression: Optional[str]) -> Callable[[Path, Path], None]:
+def damage(name: str) -> Callable[[Path, Path], None]:
+    """Preparation: shard 1 of the train split damaged the way ``bad.SHARD_DAMAGE[name]`` does."""
     def prepare(run_root: Path, mds: Path) -> None:
         bad.SHARD_DAMAGE[name](bad.shard_file(mds / 'train', 1))
+    return prepare
+
+
+def block_with(blocker: Optional[str]) -> Optional[Callable[[Path, Path], None]]:
+    """Preparation: a regular file at ``<runs>/<blocker>``, so nothing can be created below it."""
+    if blocker is None:
+        return None
+
+    def prepare(run_root: Path, mds: Path) -> None:
+        (run_root / blocker).parent.mkdir(parents=True, exist_ok=True)
+        (run_root / blocker).write_text('')
     return prepare
 
 
@@ -83,11 +101,10 @@ def cases() -> Iterator[Case]:
                    objective_overrides(arguments))
     for component, arguments, message in bad.NUMBER_REFUSALS:
         key = COMPONENT_KEYS[component]
-        yield Case('numbers', f'`{key}: {arguments}`', message,
-                   [f'{key}.{k}={str(v).lower() if isinstance(v, bool) else v}' for k, v in arguments.items()])
+        yield Case('numbers', f'`{key}: {arguments}`', message, overrides(key, arguments))
     for name, compression, message in bad.SHARD_REFUSALS:
         yield Case('MDS data', f'shard 1 of train {name} ({compression or "uncompressed"})',
-                   message.split('{')[0], [], damage(name, compression))
+                   message.split('{')[0], [], damage(name), compression)
     for key, override, blocker, _ in folder_tests.UNWRITABLE_FOLDERS:
         shown = f'`{override.format(tmp=RUNS)}`' + (f' with a file at `{RUNS}/{blocker}`' if blocker else '')
         yield Case('output folders', shown, f'{key}: cannot write to', [override, 'callbacks.lm_eval.tasks=[charbench]'],
@@ -98,20 +115,10 @@ def cases() -> Iterator[Case]:
                [], locked)
 
 
-def block_with(blocker: Optional[str]) -> Optional[Callable[[Path, Path], None]]:
-    if blocker is None:
-        return None
-
-    def prepare(run_root: Path, mds: Path) -> None:
-        (run_root / blocker).parent.mkdir(parents=True, exist_ok=True)
-        (run_root / blocker).write_text('')
-    return prepare
-
-
-def refusal(case: Case, work: Path, clean_mds: Path) -> tuple[str, str]:
+def refusal(case: Case, work: Path, clean_mds: dict[Optional[str], Path]) -> tuple[str, str]:
     """(exception type, message) that stopped ``case``'s start-up, or ('NOT REFUSED', '')."""
     run_root, mds = work / 'runs', work / 'mds'
-    shutil.copytree(clean_mds, mds)
+    shutil.copytree(clean_mds[case.compression], mds)
     kept = case.prepare(run_root, mds) if case.prepare else None
     overrides = [o.format(tmp=run_root) for o in case.overrides]
     try:
@@ -152,7 +159,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        clean_mds = bad.build_mds(Path(tmp) / 'clean_mds', PackagedLlama3Tokenizer())
+        tokenizer = PackagedLlama3Tokenizer()
+        clean_mds = {c: bad.build_mds(Path(tmp) / f'clean_mds_{c}', tokenizer, c)
+                     for c in {c for _, c, _ in bad.SHARD_REFUSALS}}
         for k, case in enumerate(cases()):
             kind, message = refusal(case, Path(tmp) / f'case{k}', clean_mds)
             print(f'{case.shown}: {kind}: {message.splitlines()[0] if message else ""}', flush=True)
