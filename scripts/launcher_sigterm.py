@@ -51,6 +51,8 @@ def launcher_pid(wrapper: subprocess.Popen, as_pid1: bool) -> int:
         children = subprocess.run(['pgrep', '-P', str(wrapper.pid)], capture_output=True, text=True).stdout.split()
         if children:
             return int(children[0])
+        if wrapper.poll() is not None:
+            raise RuntimeError(f'unshare exited with {wrapper.returncode} before starting the launcher')
         time.sleep(0.1)
 
 
