@@ -10,7 +10,7 @@ import os
 import re
 from typing import Sequence
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 from omegaconf import OmegaConf as om
 
 # Seed replica k >= 1 of a variant runs as ``<variant>_seed<k>``; this strips the suffix back off.
@@ -34,3 +34,15 @@ def load_config(yaml_path: str, overrides: Sequence[str] = ()) -> DictConfig:
 def replica_run_name(variant: str, k: int) -> str:
     """Run name of seed replica ``k`` of ``variant``: the variant's own name for 0, else ``<variant>_seed<k>``."""
     return variant if k == 0 else f'{variant}_seed{k}'
+
+
+def run_loaders(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
+    """(name, loader config) of the train loader and every eval loader (a mapping or a list)."""
+    out = []
+    for key in ('train_loader', 'eval_loader'):
+        loaders = om.select(cfg, key)
+        if loaders is None:
+            continue
+        for i, loader in enumerate(loaders if isinstance(loaders, ListConfig) else [loaders]):
+            out.append((key if isinstance(loaders, DictConfig) else f'{key}[{i}]', loader))
+    return out

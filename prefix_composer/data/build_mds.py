@@ -17,14 +17,14 @@ from typing import Optional
 from streaming import MDSWriter
 
 from prefix_composer.data.ascii_text import ASCII_RULE
-from prefix_composer.data.files import sha256_file, write_json_atomic
 from prefix_composer.data.manifest import COLUMNS, MDS_FORMAT, mds_manifest_path, read_mds_manifest
 from prefix_composer.data.packing import SequencePacker, SplitRouter
 from prefix_composer.data.parallel_tokenize import load_worker_tokenizer, ordered_bounded_map, tokenize_batch
 from prefix_composer.data.progress import DocTokenProgress
 from prefix_composer.data.raw_shards import RawManifest, iter_raw_texts, manifest_path, read_raw_manifest
 from prefix_composer.data.run_config import DataRunConfig
-from prefix_composer.data.tokenizer_hash import tokenizer_content_hash
+from prefix_composer.files import sha256_file, write_json_atomic
+from prefix_composer.tokenizer import tokenizer_content_hash
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,14 @@ import logging
 import os
 from typing import Optional
 
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig
 from omegaconf import OmegaConf as om
 from transformers import PreTrainedTokenizerBase
 
-from prefix_composer.data.files import read_json
+from prefix_composer.config import run_loaders
 from prefix_composer.data.shards import REBUILD_COMMAND, check_split_shards
-from prefix_composer.data.tokenizer_hash import tokenizer_content_hash
+from prefix_composer.files import read_json
+from prefix_composer.tokenizer import tokenizer_content_hash
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +48,6 @@ def read_mds_manifest(mds_dir: str) -> Optional[dict]:
             f'framed as BOS ids EOS (format prefix_composer.mds/1 had no BOS). Rebuild the data: {REBUILD_COMMAND}.',
         )
     return manifest
-
-
-def run_loaders(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
-    """(name, loader config) of the train loader and every eval loader (a mapping or a list)."""
-    out = []
-    for key in ('train_loader', 'eval_loader'):
-        loaders = om.select(cfg, key)
-        if loaders is None:
-            continue
-        for i, loader in enumerate(loaders if isinstance(loaders, ListConfig) else [loaders]):
-            out.append((key if isinstance(loaders, DictConfig) else f'{key}[{i}]', loader))
-    return out
 
 
 def check_run_data(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> None:

@@ -21,7 +21,7 @@ from typing import Iterator, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from prefix_composer.data.files import read_json, sha256_file, write_json_atomic
+from prefix_composer.files import read_json, sha256_file, write_json_atomic
 
 RAW_FORMAT = 'prefix_composer.raw/1'
 MANIFEST_NAME = 'manifest.json'

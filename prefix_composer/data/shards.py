@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from prefix_composer.data.files import read_json
+from prefix_composer.files import read_json
 
 INDEX_NAME = 'index.json'
 REBUILD_COMMAND = 'scripts/create_mds.py --run-config <the run YAML> --overwrite'

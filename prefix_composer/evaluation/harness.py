@@ -37,9 +37,9 @@ from lm_eval.evaluator import simple_evaluate
 from lm_eval.tasks import TaskManager
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from prefix_composer.data.tokenizer_hash import tokenizer_content_hash
 from prefix_composer.evaluation.adapter import ShardedHFLM
 from prefix_composer.evaluation.records import RECORDS_FORMAT, RECORDS_VERSION, Records
+from prefix_composer.tokenizer import tokenizer_content_hash
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import os
 import re
 from typing import Any, Iterator, Mapping
 
-from prefix_composer.data.files import write_bytes_atomic
+from prefix_composer.files import write_bytes_atomic
 
 RECORDS_FORMAT = 'prefix_composer.lm_eval_records'
 RECORDS_VERSION = 1

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf as om
 from streaming import Stream, StreamingDataset
 from transformers import LlamaConfig
 
-from prefix_composer.data.manifest import run_loaders
+from prefix_composer.config import run_loaders
 
 # PretrainedConfig kwargs that it stores under another name (so not among LlamaConfig().to_dict()'s keys).
 PRETRAINED_CONFIG_RENAMED = ('attn_implementation', 'name_or_path', 'num_labels')

@@ -29,8 +29,9 @@ from typing import Any, Mapping, Optional, Sequence
 from omegaconf import DictConfig, ListConfig
 from omegaconf import OmegaConf as om
 
-from prefix_composer.data.files import read_json, sha256_file, write_json_atomic
-from prefix_composer.data.manifest import mds_manifest_path, run_loaders
+from prefix_composer.config import run_loaders
+from prefix_composer.data.manifest import mds_manifest_path
+from prefix_composer.files import read_json, sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
