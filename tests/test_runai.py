@@ -192,8 +192,22 @@ def test_bad_input_fails_clearly_before_submitting(fake_runai, args, env, messag
     assert not (fake_runai / 'argv').exists()
 
 
-def test_offline_tokenizer_needs_no_token(fake_runai):
-    proc = run(SUBMIT, ['yamls/ce.yaml', 'tokenizer.name=llama3_packaged'], {}, fake_runai / 'bin')
+def test_packaged_tokenizer_is_refused_it_is_not_in_the_image(fake_runai):
+    """The Dockerfile installs without the dev group, so ``llama3_packaged`` would fail in the pod."""
+    dockerfile = (REPO / 'Dockerfile').read_text()
+    assert 'uv sync --frozen --no-dev\n' in dockerfile
+    for dry in ([], ['--dry-run']):
+        proc = run(SUBMIT, [*dry, 'yamls/smoke_cpu.yaml'], {'HF_TOKEN': TOKEN}, fake_runai / 'bin')
+        assert proc.returncode == 2
+        assert 'tokenizer.name=llama3_packaged is the offline tokenizer' in proc.stderr
+        assert 'tokenizer.name=meta-llama/Meta-Llama-3-8B' in proc.stderr and 'HF_TOKEN' in proc.stderr
+        assert proc.stdout == '' and not (fake_runai / 'argv').exists()
+    proc = run(SUBMIT, ['--dry-run', 'yamls/ce.yaml', 'tokenizer.name=llama3_packaged'], {'HF_TOKEN': TOKEN})
+    assert proc.returncode == 2 and 'is the offline tokenizer' in proc.stderr
+
+
+def test_local_tokenizer_folder_needs_no_token(fake_runai):
+    proc = run(SUBMIT, ['yamls/ce.yaml', 'tokenizer.name=/mnt/tokenizers/llama3'], {}, fake_runai / 'bin')
     assert proc.returncode == 0, proc.stderr
     argv = recorded(fake_runai)
     assert not any('HF_TOKEN' in a for a in argv) and '--environment-secret' not in argv
