@@ -1,4 +1,4 @@
-"""GPU check (issue 17): the CUDA paths' numerics, then loss-level and training time, memory and MFU
+"""GPU check: the CUDA paths' numerics, then loss-level and training time, memory and MFU
 against the best public kernels, as ratios measured in this one run; one table on stdout, JSON under ``--out``.
 
 Prepare on a CPU machine with the project's environment (the GPU machine has no tokenizer package
@@ -63,7 +63,7 @@ PREFIX_OBJECTIVES = [o for o in OBJECTIVES if o.startswith('prefix')]
 # Relative error bounds of the numerics (max |error| / max |reference|): float32 math, and bf16
 # matmul inputs (relative rounding 2^-8) with float32 softmax math.
 BOUNDS = {'float32': 1e-4, 'bfloat16': 2e-2}
-# Goals of issue 17, as ratios within one run.
+# The goals of the GPU check (docs/performance.md), as ratios within one run.
 GOALS = {'prefix_vs_ce_time': 1.05, 'ce_vs_liger_time': 1.1, 'ce_vs_liger_peak': 1.0, 'objective_vs_ce_tokens': 0.98,
          'mfu_500m': 0.40}
 # Dense bf16 tensor-core peak of H100/H200 SXM, as Composer's SpeedMonitor (GPU_AVAILABLE_FLOPS) has it.
@@ -72,7 +72,7 @@ BF16_PEAK_FLOPS = {'h100': 1.979e15 / 2, 'h200': 1.979e15 / 2}
 
 @dataclasses.dataclass(frozen=True)
 class Shapes:
-    """Problem sizes: the issue's on CUDA, tiny ones for ``--smoke``."""
+    """Problem sizes: the full ones on CUDA, tiny ones for ``--smoke``."""
 
     vocab_limit: int | None
     numerics_rows: int

@@ -217,7 +217,7 @@ def test_family_constants():
     assert a['global_train_batch_size'] == b['global_train_batch_size'] == 256
 
 
-def test_brief000_model_is_design_md_exactly():
+def test_brief000_model_has_the_specified_dims_exactly():
     config = resolved('b000_ce')['model']['config']
     assert {k: config[k] for k in ('hidden_size', 'num_hidden_layers', 'num_attention_heads', 'num_key_value_heads',
                                    'intermediate_size', 'max_position_embeddings', 'rope_theta', 'rms_norm_eps',

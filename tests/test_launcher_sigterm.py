@@ -1,4 +1,4 @@
-"""What docs/preemption.md says Composer's launcher does with SIGTERM (issue 16 item 7).
+"""What docs/preemption.md says Composer's launcher does with SIGTERM.
 
 Composer 0.32.1's launcher gets its SIGTERM handler from importing ``composer`` and answers a
 SIGTERM by forwarding it to the ranks and waiting ``CLEANUP_TIMEOUT`` (30 s) before SIGKILL; our

@@ -26,7 +26,7 @@ def brute_force_prefixes(y: int, pieces: list[bytes], specials: set[int]) -> lis
 
 
 def brute_force_target(y: int, prefixes: list[int], pieces: list[bytes], spec: ObjectiveSpec) -> dict[int, float]:
-    """Non-zero masses of q, written straight from DESIGN.md's table (label smoothing: see below)."""
+    """Non-zero masses of q, written straight from docs/design.md's table (label smoothing: see below)."""
     eps, s = spec.eps, pieces[y]
     if spec.objective == 'ce' or not prefixes:
         return {y: 1.0}

@@ -1,4 +1,4 @@
-"""Sparse soft targets of the five training objectives (DESIGN.md), one row per gold id.
+"""Sparse soft targets of the five training objectives (docs/design.md), one row per gold id.
 
 Notation: gold id ``y``, ``s`` its byte string, ``P(s)`` the non-special ids whose bytes are a
 *strict* non-empty prefix of ``s``, ``R(s) = P(s) ∪ {y}``, smoothing mass ``eps``, temperature
@@ -14,8 +14,8 @@ prefix_softmax         (1-eps)·one-hot(y) + eps·softmax_{i∈R(s)}(len_i / tau
 prefix_softmax_norm    same with score len_i / len(s) / tau
 =====================  ==========================================================================
 
-``support='strict'`` runs the two softmax objectives over ``P(s)`` instead of ``R(s)`` (the
-literal printed formula of brief 001; an ablation); with ``P(s)=∅`` the target is one-hot.
+``support='strict'`` runs the two softmax objectives over ``P(s)`` instead of ``R(s)`` (an
+ablation; docs/design.md says why ``inclusive`` is the default); with ``P(s)=∅`` the target is one-hot.
 Special gold ids are one-hot under the prefix objectives. Ids ``>= Vt`` (embedding padding)
 never get mass.
 

@@ -1,6 +1,6 @@
 """The raw byte string of every vocabulary id: the input of the prefix objectives.
 
-Prefixes are found in byte space (DESIGN.md): a byte-level BPE piece such as ``'Ġperson'``
+Prefixes are found in byte space (docs/design.md): a byte-level BPE piece such as ``'Ġperson'``
 is mapped back to raw bytes (``b' person'``) through GPT-2's byte<->unicode table, never
 decoded to ``str``. Added/special tokens (``<|begin_of_text|>`` ...) are flagged so that they
 never act as prefix candidates.
