@@ -2,7 +2,7 @@
 
 The model, algorithm, tokenizer and CSV logger of ``prefix_composer`` are registered in
 llm-foundry's registries through entry points (pyproject.toml), so the YAML names them like
-built-ins. ``prefix_composer.launch`` adds the run name default and the pre-flight checks.
+built-ins. ``prefix_composer.runtime.launch`` adds the run name default and the pre-flight checks.
 """
 
 import sys

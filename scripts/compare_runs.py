@@ -6,8 +6,8 @@ recorded model config) and seed replica, compared against the baseline at the la
 every run of the family has reached, and the report is written to ``--out-dir`` (default
 ``<runs>/report``): ``results.md`` (per family: runs, settings, the table), ``results.csv`` (every
 number) and ``forest_<family>.png`` (difference to the baseline with 95% CI, one panel per task
-metric). The table is printed. How to read it: ``docs/results.md``; the method:
-``prefix_composer/analysis/report.py``.
+metric). The table is printed. What is compared and why: ``docs/design.md`` (Comparisons); the
+tests and their calibration: ``docs/statistics.md``; the method: ``prefix_composer/analysis/report.py``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Print the parameter count of the model in each YAML: ``uv run python scripts/count_params.py [yamls...]``.
 
 Defaults to the family bases in ``yamls/base/``. Counts come from
-``prefix_composer.param_count.count_llama_parameters`` (meta-device model, tied embedding once).
+``prefix_composer.training.param_count.count_llama_parameters`` (meta-device model, tied embedding once).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A family is one base file under ``yamls/base/`` plus a table of variants. A vari
 base text with two edits: ``run_name`` set to the variant's name and the ``algorithms:`` block
 replaced by the variant's ``prefix_smoothing`` objective. Comments and layout of the base are
 kept, and a header records the provenance and the model's parameter count (computed, see
-``prefix_composer.param_count``). So within a family only the objective, ``run_name`` and the
+``prefix_composer.training.param_count``). So within a family only the objective, ``run_name`` and the
 paths built from ``run_name`` can differ (tests/test_configs.py checks it).
 
 Seed replicas: replica ``k`` of a variant also sets ``variables.global_seed`` to the base's seed
@@ -137,7 +137,7 @@ def header(family: Family, variant: Variant, total: int, embedding: int, k: int 
         f'tau {spec["tau"]!r}, support {spec["support"]}.\n'
         f'# Model: {total:,} parameters = {embedding:,} tied embedding (counted once) + '
         f'{total - embedding:,} other\n'
-        f'# (prefix_composer.param_count: LlamaForCausalLM on the meta device, unique parameters).\n'
+        f'# (prefix_composer.training.param_count: LlamaForCausalLM on the meta device, unique parameters).\n'
         + replica
     )
 

@@ -1,7 +1,7 @@
 """How many prefix tokens does each vocabulary entry have? ``uv run python scripts/plot_prefix_counts.py``.
 
 For every non-special id with byte string ``s``, ``|P(s)|`` is the number of non-special ids whose
-bytes are a strict non-empty prefix of ``s`` (``prefix_composer.targets.strict_prefix_ids``, the
+bytes are a strict non-empty prefix of ``s`` (``prefix_composer.objectives.targets.strict_prefix_ids``, the
 sets the prefix objectives smooth onto). Writes a PNG (histogram of |P(s)|; by byte length: share
 of tokens with at least one prefix, share with a prefix of at least 2 bytes -- every single byte is
 a token of a byte-level BPE, so 1-byte prefixes always exist -- and mean |P(s)|) and prints the
