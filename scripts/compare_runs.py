@@ -7,7 +7,7 @@ every run of the family has reached, and the report is written to ``--out-dir`` 
 ``<runs>/report``): ``results.md`` (per family: runs, settings, the table), ``results.csv`` (every
 number) and ``forest_<family>.png`` (difference to the baseline with 95% CI, one panel per task
 metric). The table is printed. How to read it: ``docs/results.md``; the method:
-``prefix_composer/analysis/report.py``.
+``prefix_composer/analysis/`` (``runs``, ``families``, ``rows``, ``render``, ``report``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from prefix_composer.analysis.report import METHOD_NAMES, family_table, write_report
+from prefix_composer.analysis.render import METHOD_NAMES, family_table
+from prefix_composer.analysis.report import write_report
 
 
 def main(argv: list[str] | None = None) -> int:
