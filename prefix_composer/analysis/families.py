@@ -4,9 +4,13 @@
   folder name): brief 001's ~100M and brief 000's ~500M runs are never mixed. Its variants must
   each train one objective, one run per seed. Replica k of two variants is the pair of runs with
   the same seed.
-* A family is compared at the last evaluation (tokens) that all its runs have records for, or at
-  ``at_tokens``. All records there must have equal ``settings`` (tasks, versions, items, limit,
-  few-shot, tokenizer, autocast), else the report is refused naming the difference.
+* A family is compared at the last lm-eval evaluation (tokens) that all its runs have records
+  for, or at ``at_tokens``. A run that trained past a later evaluation of the others but lacks
+  its records there (a deleted damaged file) is refused, naming it: the family is compared at an
+  earlier evaluation only when ``at_tokens`` asks for it.
+* Every record kind (``records.RECORD_KINDS``) present at those tokens is compared; a kind that
+  some runs lack there is left out with a note naming them. All records of one kind there must
+  have equal ``settings``, else the report is refused naming the first differences.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import re
 from typing import Any, Callable, Iterable, Optional, TypeVar
 
 from prefix_composer.analysis.runs import Run
-from prefix_composer.evaluation.records import read_header, settings_differences
+from prefix_composer.evaluation.records import RECORD_KINDS, RECORDS_SUBDIR, read_header, settings_differences
 
 T = TypeVar('T')
 
@@ -32,7 +36,8 @@ class Family:
     baseline: str
     tokens: int
     batch: int
-    header: dict[str, Any]                 # records header of the baseline's first run at ``tokens``
+    header: dict[str, Any]                 # lm-eval records header of the baseline's first run at ``tokens``
+    kinds: dict[str, dict[str, dict[str, Any]]]  # record kind -> run name -> its header at ``tokens``
     notes: list[str]
 
 
@@ -103,33 +108,62 @@ def choose_baseline(variants: dict[str, dict[int, Run]], baseline: str) -> Optio
 
 
 def comparison_tokens(runs: list[Run], at_tokens: Optional[int]) -> int:
-    """``at_tokens`` (every run must have records there), else the largest token count all runs reached."""
+    """``at_tokens`` (every run must have lm-eval records there), else the largest token count of
+    lm-eval records that all runs have; ``ValueError`` naming each run that reached a later
+    evaluation of another run (by its records or its ``metrics.csv``) but has no records there."""
+    evaluations = {r.name: set(r.records[RECORDS_SUBDIR]) for r in runs}
     if at_tokens is not None:
-        missing = [f'{r.name} ({sorted(r.records)})' for r in runs if at_tokens not in r.records]
+        missing = [f'{r.name} ({sorted(evaluations[r.name])})' for r in runs if at_tokens not in evaluations[r.name]]
         if missing:
             raise ValueError(f'--at-tokens {at_tokens}: no records there for {", ".join(missing)} '
                              '(their evaluations are at the tokens listed).')
         return at_tokens
-    common = set.intersection(*(set(r.records) for r in runs))
+    common = set.intersection(*evaluations.values())
     if not common:
         raise ValueError('No evaluation that every run has reached: '
-                         + '; '.join(f'{r.name} at tokens {sorted(r.records)}' for r in runs)
+                         + '; '.join(f'{r.name} at tokens {sorted(evaluations[r.name])}' for r in runs)
                          + '. Pass --at-tokens, or only runs evaluated at common points.')
-    return max(common)
+    tokens = max(common)
+    later = sorted(set.union(*evaluations.values()) - common)
+    lacking = [f'{r.name} lacks the lm-eval evaluation at {", ".join(f"{t:,}" for t in gaps)} tokens'
+               for r in runs if (gaps := [t for t in later if t > tokens and t not in evaluations[r.name]
+                                          and t <= max(r.trained_tokens, *evaluations[r.name])])]
+    if lacking:
+        raise ValueError(f'{"; ".join(lacking)} although it trained that far ({RECORDS_SUBDIR}/ba<batch>.jsonl.gz deleted '
+                         f'or never written). Re-score those checkpoints with scripts/eval_checkpoint.py, or pass '
+                         f'--at-tokens {tokens} to compare at the last evaluation every run has.')
+    return tokens
 
 
-def check_settings(runs: list[Run], tokens: int) -> dict[str, dict[str, Any]]:
-    """``{run name: records header at tokens}``; ``ValueError`` naming the difference when two runs'
-    evaluation settings differ (they must not be compared)."""
-    headers = {r.name: read_header(r.records[tokens]) for r in runs}
+def check_settings(runs: list[Run], tokens: int, kind: str = RECORDS_SUBDIR) -> dict[str, dict[str, Any]]:
+    """``{run name: records header of kind at tokens}``; ``ValueError`` naming the first
+    differences when two runs' evaluation settings differ (they must not be compared)."""
+    headers = {r.name: read_header(r.records[kind][tokens]) for r in runs}
     (first_name, first), *rest = headers.items()
     for name, header in rest:
         differences = settings_differences(first['settings'], header['settings'])
         if differences:
-            raise ValueError(f'Runs {first_name!r} and {name!r} were evaluated differently at {tokens:,} tokens '
-                             f'({"; ".join(differences)}), so their items cannot be compared. Re-score one of them '
-                             'with scripts/eval_checkpoint.py using the other\'s settings.')
+            more = f' and {len(differences) - 3} more' if len(differences) > 3 else ''
+            raise ValueError(f'Runs {first_name!r} and {name!r} were evaluated differently ({kind} records at {tokens:,} '
+                             f'tokens: {"; ".join(differences[:3])}{more}), so their items cannot be compared. Re-score '
+                             'one of them with scripts/eval_checkpoint.py using the other\'s settings.')
     return headers
+
+
+def measured_kinds(runs: list[Run], tokens: int, notes: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{kind: {run name: header}}`` of every record kind that all runs have at ``tokens``
+    (settings checked); a kind only some runs have there is noted, naming the others, and left out."""
+    kinds = {}
+    for kind in RECORD_KINDS:
+        having = [r for r in runs if tokens in r.records.get(kind, {})]
+        if len(having) == len(runs):
+            kinds[kind] = check_settings(runs, tokens, kind)
+        elif having:
+            lacking = [f'{r.name} (has {kind} at {sorted(r.records.get(kind, {})) or "no"} tokens)'
+                       for r in runs if r not in having]
+            notes.append(f'{kind}: no records at {tokens:,} tokens for {", ".join(lacking)}; its rows are left out. '
+                         f'Score the missing runs with scripts/eval_checkpoint.py.')
+    return kinds
 
 
 def build_families(runs: list[Run], baseline: str, at_tokens: Optional[int]) -> list[Family]:
@@ -149,16 +183,16 @@ def build_families(runs: list[Run], baseline: str, at_tokens: Optional[int]) -> 
             raise ValueError(f'Family {label} (runs {", ".join(r.name for r in group)}) has no baseline {baseline!r}.{hint} '
                              'Add its baseline runs, pass --baseline with one of its variants, or leave its folders out.')
         tokens = comparison_tokens(group, at_tokens)
-        headers = check_settings(group, tokens)
-        notes = []
+        notes: list[str] = []
+        kinds = measured_kinds(group, tokens, notes)
         base_seeds = set(variants[chosen])
         for variant, seeds in variants.items():
             unpaired = sorted(set(seeds) - base_seeds)
             if unpaired:
                 notes.append(f'{variant}: seeds {unpaired} have no {chosen} replica and are left out of its comparison.')
-        base_header = headers[variants[chosen][min(variants[chosen])].name]
+        base_header = kinds[RECORDS_SUBDIR][variants[chosen][min(variants[chosen])].name]
         families.append(Family(label=label, model=group[0].model, runs=group, baseline=chosen, tokens=tokens,
-                               batch=base_header['batch'], header=base_header, notes=notes))
+                               batch=base_header['batch'], header=base_header, kinds=kinds, notes=notes))
     return families
 
 

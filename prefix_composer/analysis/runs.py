@@ -1,7 +1,9 @@
 """Finding and loading runs: a **run** is a folder with per-item lm-eval records
-(``<run>/lm_eval/ba<batch>.jsonl.gz``) and usually a ``metrics.csv``. Its identity is the records
-header's ``run`` block (all of its records must agree): name, seed, model config, objective. A
-**variant** is a run name without its ``_seed<k>`` suffix."""
+(``<run>/lm_eval/ba<batch>.jsonl.gz``), possibly other per-item measurements in folders beside them
+(``records.RECORD_KINDS``: ``validation/``, ``probes/``, ``recovery/``) and usually a
+``metrics.csv``. Its identity is the records headers' ``run`` block (all of its records must
+agree): name, seed, model config, objective. A **variant** is a run name without its
+``_seed<k>`` suffix."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Any, Optional, Sequence
 import pandas as pd
 
 from prefix_composer.config import SEED_SUFFIX
-from prefix_composer.evaluation.records import RECORDS_SUBDIR, read_header, records_by_batch
+from prefix_composer.evaluation.records import RECORD_KINDS, RECORDS_SUBDIR, read_header, records_by_batch
 
 VAL_PREFIX = 'metrics/eval/'
 
@@ -28,8 +30,9 @@ class Run:
     seed: int
     objective: Optional[dict[str, Any]]
     model: dict[str, Any]
-    records: dict[int, str]                # tokens -> records file
+    records: dict[str, dict[int, str]]     # kind -> tokens -> records file (lm_eval always present)
     validation: dict[int, dict[str, float]]  # tokens -> {metrics/eval/<Name>: value}
+    trained_tokens: int                    # the largest token count in metrics.csv (0 without one)
 
 
 def is_run_folder(path: str) -> bool:
@@ -52,15 +55,17 @@ def expand_run_folders(paths: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(folders))
 
 
-def read_validation(folder: str) -> dict[int, dict[str, float]]:
-    """``{tokens: {metrics/eval/<Name>: value}}`` from the run's ``metrics.csv`` ``phase=eval`` rows."""
+def read_metrics(folder: str) -> tuple[dict[int, dict[str, float]], int]:
+    """``({tokens: {metrics/eval/<Name>: value}}, trained tokens)`` from the run's ``metrics.csv``:
+    its ``phase=eval`` rows and its largest ``tokens`` (empty and 0 without the file)."""
     path = os.path.join(folder, 'metrics.csv')
     if not os.path.isfile(path):
-        return {}
+        return {}, 0
     frame = pd.read_csv(path)
     columns = [c for c in frame.columns if c.startswith(VAL_PREFIX)]
     rows = frame[frame['phase'] == 'eval'] if 'phase' in frame.columns else frame.iloc[0:0]
-    return {int(r['tokens']): {c: float(r[c]) for c in columns if pd.notna(r[c])} for _, r in rows.iterrows()}
+    validation = {int(r['tokens']): {c: float(r[c]) for c in columns if pd.notna(r[c])} for _, r in rows.iterrows()}
+    return validation, int(frame['tokens'].max()) if 'tokens' in frame.columns and len(frame) else 0
 
 
 def recorded_model(folder: str) -> Optional[dict[str, Any]]:
@@ -70,18 +75,21 @@ def recorded_model(folder: str) -> Optional[dict[str, Any]]:
 
 
 def load_run(folder: str) -> Run:
-    """The run in ``folder``; ``ValueError`` if it has no records or its records disagree about the run."""
-    files = records_by_batch(os.path.join(folder, RECORDS_SUBDIR))
-    if not files:
+    """The run in ``folder`` with its records of every kind; ``ValueError`` if it has no lm-eval
+    records or its records disagree about the run."""
+    files = {kind: records_by_batch(os.path.join(folder, kind)) for kind in RECORD_KINDS}
+    if not files[RECORDS_SUBDIR]:
         raise ValueError(f'{folder} has no per-item lm-eval records ({RECORDS_SUBDIR}/ba<batch>.jsonl.gz): it was trained '
                          'without callbacks.lm_eval. Score its checkpoints with scripts/eval_checkpoint.py first.')
-    headers = {path: read_header(path) for path in files.values()}
+    headers = {path: read_header(path) for by_batch in files.values() for path in by_batch.values()}
     first_path, first = next(iter(headers.items()))
     for path, header in headers.items():
         if header['run'] != first['run']:
-            raise ValueError(f'The records of {folder} disagree about the run: {os.path.basename(first_path)} has '
-                             f'{json.dumps(first["run"])}, {os.path.basename(path)} has {json.dumps(header["run"])}.')
+            raise ValueError(f'The records of {folder} disagree about the run: {os.path.relpath(first_path, folder)} has '
+                             f'{json.dumps(first["run"])}, {os.path.relpath(path, folder)} has {json.dumps(header["run"])}.')
     run = first['run']
+    validation, trained_tokens = read_metrics(folder)
     return Run(folder=folder, name=run['run_name'], variant=SEED_SUFFIX.sub('', run['run_name']), seed=run['seed'],
                objective=run['objective'], model=run['model'],
-               records={h['tokens']: p for p, h in headers.items()}, validation=read_validation(folder))
+               records={kind: {headers[p]['tokens']: p for p in by_batch.values()} for kind, by_batch in files.items() if by_batch},
+               validation=validation, trained_tokens=trained_tokens)
