@@ -4,10 +4,12 @@ Each RUN_FOLDER is a run folder (``<run_root>/<run_name>`` with ``lm_eval/`` per
 ``metrics.csv``) or a folder of them (``/mnt/runs``). Runs are grouped by model family (their
 recorded model config) and seed replica, compared against the baseline at the last evaluation that
 every run of the family has reached, and the report is written to ``--out-dir`` (default
-``<runs>/report``): ``results.md`` (per family: runs, settings, the table), ``results.csv`` (every
-number) and ``forest_<family>.png`` (difference to the baseline with 95% CI, one panel per task
-metric). The table is printed. What is compared and why: ``docs/design.md`` (Comparisons); the
-tests and their calibration: ``docs/statistics.md``; the method: ``prefix_composer/analysis/report.py``.
+``<runs>/report``): ``results.md`` (per family: runs, settings, the headline, exploratory and
+run-level tables), ``results.csv`` (every number, its ``section`` column naming the table) and
+``forest_<family>.png`` (difference to the baseline with 95% CI, one panel per headline metric).
+The tables are printed. Every record kind in the run folders (``lm_eval/``, ``validation/``,
+``probes/``, ``recovery/``) is compared. What is compared and why: ``docs/design.md``
+(Comparisons); how to read it and the method: ``docs/statistics.md`` and ``prefix_composer/analysis/`` (``runs``, ``families``, ``rows``, ``render``, ``report``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from prefix_composer.analysis.report import METHOD_NAMES, family_table, write_report
+from prefix_composer.analysis.render import METHOD_NAMES, family_tables
+from prefix_composer.analysis.report import write_report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,17 +27,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--baseline', default='ce', help='variant (run name without _seed<k>) or objective to compare '
                                                           'against (default ce: in brief 000 it is b000_ce)')
     parser.add_argument('--at-tokens', type=int, help='compare at this evaluation (every run must have records there)')
-    parser.add_argument('--adjust', choices=sorted(METHOD_NAMES), default='holm', help='multiple-comparison adjustment')
+    parser.add_argument('--adjust', choices=sorted(METHOD_NAMES), default='holm',
+                        help='adjustment of the headline family (the exploratory rows always get BH)')
     parser.add_argument('--alpha', type=float, default=0.05, help='level of the marks (adjusted p and CI excluding 0)')
     parser.add_argument('--n-boot', type=int, default=10_000, help='bootstrap replicates per CI')
-    parser.add_argument('--n-perm', type=int, default=10_000, help='random sign flips per p-value (exact up to 20 items)')
+    parser.add_argument('--n-perm', type=int, default=10_000,
+                        help='random sign flips per p-value where neither exact nor normal p applies (stats.sign_flip_test)')
     parser.add_argument('--out-dir', help='where results.md, results.csv and the forest plots go (default <runs>/report)')
     args = parser.parse_args(argv)
     report = write_report(args.runs, out_dir=args.out_dir, baseline=args.baseline, at_tokens=args.at_tokens,
                           method=args.adjust, alpha=args.alpha, n_boot=args.n_boot, n_perm=args.n_perm)
     for family in report.families:
         print(f'\nFamily {family.label}: {len(family.runs)} runs at {family.tokens:,} tokens, baseline {family.baseline}')
-        print(family_table(family, report.rows[family.label]))
+        print(family_tables(family, report.rows[family.label], args.adjust, args.alpha))
         for note in family.notes:
             print(f'note: {note}')
     print()

@@ -31,8 +31,8 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from prefix_composer.analysis.plotting import markdown_table, plt, save_figure
-from prefix_composer.analysis.report import family_label
-from prefix_composer.evaluation.records import RECORDS_SUBDIR, read_header, records_by_batch
+from prefix_composer.analysis.families import family_labels, group_by_model
+from prefix_composer.analysis.runs import expand_run_folders, recorded_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNRECORDED = 'unrecorded'
@@ -57,10 +57,12 @@ class Figure:
 
 
 def load_runs(runs_dir: str) -> dict[str, pd.DataFrame]:
-    """{variant: its metrics.csv}, variants sorted by name; clear errors for missing/malformed files."""
+    """{run folder: its metrics.csv} for the run folders of ``runs_dir`` (``runs.expand_run_folders``)
+    that have one, sorted by name; clear errors for missing/malformed files."""
     if not os.path.isdir(runs_dir):
         raise FileNotFoundError(f'No runs folder {runs_dir}.')
-    paths = sorted(glob.glob(os.path.join(runs_dir, '*', 'metrics.csv')))
+    paths = [os.path.join(f, 'metrics.csv') for f in expand_run_folders([runs_dir])
+             if os.path.isfile(os.path.join(f, 'metrics.csv'))]
     if not paths:
         raise FileNotFoundError(f'No <variant>/metrics.csv under {runs_dir}.')
     runs = {}
@@ -69,7 +71,7 @@ def load_runs(runs_dir: str) -> dict[str, pd.DataFrame]:
         missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
         if missing:
             raise ValueError(f'{path} lacks the columns {missing}; expected a prefix_composer metrics.csv.')
-        runs[os.path.basename(os.path.dirname(path))] = frame
+        runs[os.path.dirname(path)] = frame
     return runs
 
 
@@ -82,18 +84,18 @@ def yaml_run_root() -> str:
     return next(iter(roots.values()))
 
 
-def run_family(folder: str) -> str:
-    """``report.family_label`` of the model recorded in the run's newest lm-eval records, or ``unrecorded``."""
-    files = records_by_batch(os.path.join(folder, RECORDS_SUBDIR))
-    return family_label(read_header(list(files.values())[-1])['run']['model']) if files else UNRECORDED
-
-
-def group_by_family(runs_dir: str, runs: dict[str, pd.DataFrame]) -> dict[str, dict[str, pd.DataFrame]]:
-    """``{family: {variant: metrics}}``, families sorted, ``unrecorded`` last."""
-    families: dict[str, dict[str, pd.DataFrame]] = {}
-    for name, frame in runs.items():
-        families.setdefault(run_family(os.path.join(runs_dir, name)), {})[name] = frame
-    return dict(sorted(families.items(), key=lambda item: (item[0] == UNRECORDED, item[0])))
+def group_by_family(runs: dict[str, pd.DataFrame]) -> dict[str, dict[str, pd.DataFrame]]:
+    """``{family: {variant: metrics}}`` with the report's families (``families.group_by_model`` of
+    the model recorded in each run's lm-eval records, ``families.family_labels``), sorted,
+    ``unrecorded`` (no records) last."""
+    models = {folder: recorded_model(folder) for folder in runs}
+    groups = group_by_model(runs, models.get)
+    recorded = [g for g in groups if models[g[0]] is not None]
+    labels = family_labels([models[g[0]] for g in recorded])
+    families = {label: g for label, g in zip(labels, recorded)}
+    families.update({UNRECORDED: g for g in groups if models[g[0]] is None})
+    return {label: {os.path.basename(folder): runs[folder] for folder in folders}
+            for label, folders in sorted(families.items(), key=lambda item: (item[0] == UNRECORDED, item[0]))}
 
 
 def split_lm_eval(column: str) -> tuple[str, str]:
@@ -187,7 +189,7 @@ def summary_table(runs: dict[str, pd.DataFrame]) -> str:
 def write_plots(runs_dir: str, out_root: str) -> dict[str, tuple[str, str, list[str]]]:
     """Per family: its run names, summary table and the files written to ``<out_root>/<family>/`` (PNGs, then summary.md)."""
     out = {}
-    for family, runs in group_by_family(runs_dir, load_runs(runs_dir)).items():
+    for family, runs in group_by_family(load_runs(runs_dir)).items():
         out_dir = os.path.join(out_root, family)
         written = [path for spec in figures(runs) if (path := plot_figure(spec, runs, out_dir))]
         table = summary_table(runs)

@@ -15,8 +15,9 @@ from omegaconf import OmegaConf as om
 from streaming import MDSWriter
 from streaming.base.util import clean_stale_shared_memory
 
-from prefix_composer.analysis import report
-from prefix_composer.config import load_config
+from prefix_composer.analysis import families as report_families
+from prefix_composer.analysis.runs import Run
+from prefix_composer.config import SEED_SUFFIX, load_config
 from prefix_composer.evaluation.records import run_identity
 from prefix_composer.training.param_count import count_llama_parameters
 
@@ -190,12 +191,12 @@ def test_compare_runs_pairs_the_replicas_by_seed():
     for stem in REPLICAS.values():
         cfg = resolved(stem)
         run = run_identity(cfg['run_name'], cfg['seed'], cfg['model']['config'], cfg['algorithms']['prefix_smoothing'])
-        runs.append(report.Run(folder=stem, name=run['run_name'], variant=report.SEED_SUFFIX.sub('', run['run_name']),
-                               seed=run['seed'], objective=run['objective'], model=run['model'], records={}, validation={}))
-    families = report.group_families(runs)
+        runs.append(Run(folder=stem, name=run['run_name'], variant=SEED_SUFFIX.sub('', run['run_name']),
+                               seed=run['seed'], objective=run['objective'], model=run['model'], records={}, validation={}, trained_tokens=0))
+    families = report_families.group_families(runs)
     assert sorted(sorted({r.variant for r in f}) for f in families) == sorted(sorted(names) for names in FAMILIES.values())
     for family in families:
-        variants = report.check_variants(family)
+        variants = report_families.check_variants(family)
         seed_sets = {frozenset(seeds) for seeds in variants.values()}
         assert len(seed_sets) == 1 and len(next(iter(seed_sets))) == len(SEEDS)
         for variant, seeds in variants.items():

@@ -157,7 +157,7 @@ def test_plot_metrics_writes_pngs_and_final_values(runs_dir, capsys):
 
 
 def test_series_takes_the_rows_that_have_the_metric_in_token_order(runs_dir):
-    frame = plot_metrics.load_runs(str(runs_dir))['ce'].iloc[::-1]
+    frame = plot_metrics.load_runs(str(runs_dir))[str(runs_dir / 'ce')].iloc[::-1]
     data = plot_metrics.series(frame, HELLASWAG)
     assert data['tokens'].tolist() == [20480, 40960]
     assert data['value'].tolist() == [0.26, 0.28] and data['stderr'].tolist() == [0.01, 0.02]
@@ -172,8 +172,12 @@ def test_stderr_column_names():
 def test_plot_metrics_bad_input(tmp_path):
     with pytest.raises(FileNotFoundError, match='No runs folder'):
         plot_metrics.main([str(tmp_path / 'nope')])
+    with pytest.raises(FileNotFoundError, match='is neither a run folder'):
+        plot_metrics.main([str(tmp_path)])
+    (tmp_path / 'records_only' / 'lm_eval').mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match='No <variant>/metrics.csv'):
         plot_metrics.main([str(tmp_path)])
+    (tmp_path / 'records_only' / 'lm_eval').rmdir()
     write_metrics(tmp_path / 'ce' / 'metrics.csv', [{'step': 1, 'loss': 2.0}])
     with pytest.raises(ValueError, match=r"lacks the columns \['batch', 'tokens', 'phase'\]"):
         plot_metrics.main([str(tmp_path)])

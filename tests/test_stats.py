@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 from scipy import optimize
-from scipy.stats import norm
+from scipy.stats import binomtest, norm
 
 from prefix_composer.analysis.stats import (
     adjust_pvalues,
@@ -20,7 +20,9 @@ from prefix_composer.analysis.stats import (
     paired_bootstrap_ci,
     paired_difference,
     paired_pvalue,
+    minimum_detectable_effect,
     sign_flip_pvalue,
+    sign_flip_test,
 )
 
 
@@ -91,7 +93,9 @@ def test_sign_flip_zero_differences_keep_the_exact_test():
 def test_sign_flip_monte_carlo_counts_the_observed_statistic():
     # 30 positive differences: only the all-plus and all-minus vectors (2 in 2^30) reach the
     # observed sum, so 99 random draws reach it none of the time and p = (0 + 1) / (99 + 1).
-    assert sign_flip_pvalue(np.linspace(0.1, 3.0, 30), n_perm=99, exact_max=20) == pytest.approx(0.01)
+    # (Not on a lattice of small step and m_eff < 100, so Monte Carlo is what the test uses.)
+    d = np.random.default_rng(2).uniform(0.1, 3.0, 30)
+    assert sign_flip_test(d, n_perm=99, exact_max=20) == (pytest.approx(0.01), 'monte_carlo')
     # Forced Monte Carlo on 16 differences: p = (b + 1) / (m + 1) for an integer b, within
     # 0.01 (~3 standard errors, sqrt(0.25 / 20000) = 0.0035) of the exact enumeration.
     d = np.random.default_rng(3).normal(0.3, 1.0, size=16)
@@ -107,9 +111,9 @@ def test_paired_pvalue_chooses_the_test():
     assert paired_pvalue(x[None], y[None]) == (mcnemar_exact_pvalue(x, y), 'mcnemar')
     # Two seeds of 0/1 data: sign-flip on the seed-averaged differences.
     x2, y2 = np.stack([x, y]), np.stack([y, y])
-    assert paired_pvalue(x2, y2) == (sign_flip_pvalue((x2 - y2).mean(axis=0)), 'sign_flip')
+    assert paired_pvalue(x2, y2) == (sign_flip_pvalue((x2 - y2).mean(axis=0)), 'sign_flip exact')
     # One seed of real values (per-item NLL): sign-flip.
-    assert paired_pvalue(x[None] + 0.5, y[None])[1] == 'sign_flip'
+    assert paired_pvalue(x[None] + 0.5, y[None])[1] == 'sign_flip exact'
 
 
 def test_planted_five_points_found_among_nine_nulls():
@@ -133,7 +137,7 @@ def test_planted_five_points_found_among_nine_nulls():
     assert planted.test == 'mcnemar' and (planted.n_seeds, planted.n_items) == (1, 2000)
     assert holm[0] < 0.01
     assert 0 < planted.ci_low < 0.05 < planted.ci_high
-    assert [row.test for row in rows[1:]] == ['mcnemar'] * 3 + ['sign_flip'] * 6
+    assert [row.test for row in rows[1:]] == ['mcnemar'] * 3 + ['sign_flip exact'] * 3 + ['sign_flip normal'] * 3
     # Holm keeps the chance that any null reaches 0.01 at most 1%.
     assert (holm < 0.01).tolist() == [True] + [False] * 9
 
@@ -164,7 +168,8 @@ def test_null_calibration_sign_flip_three_seeds(kind):
             p = gen.beta(2, 2, size=200)
             x, y = bernoulli_runs(p, 3, gen), bernoulli_runs(p, 3, gen)
         p_value, test = paired_pvalue(x, y, n_perm=999, rng=gen)
-        assert test == 'sign_flip'
+        # 200 normal differences: m_eff ~ 200 / 3 < 100, so Monte Carlo; 0/1 averages: exact
+        assert test == {'nll': 'sign_flip monte_carlo', 'acc': 'sign_flip exact'}[kind]
         rejections += p_value < 0.05
     assert 0.02 <= rejections / 200 <= 0.08
 
@@ -244,8 +249,122 @@ def test_compare_row():
     row = compare(x, y, n_boot=500, rng=7)
     assert row.diff == pytest.approx(5 / 12) == paired_difference(x, y)
     assert row.p == pytest.approx(enumerated_sign_flip_p([2 / 3, -1 / 3, 1 / 3, 1.0]))
-    assert (row.test, row.n_items, row.n_seeds) == ('sign_flip', 4, 3)
+    assert (row.test, row.n_items, row.n_seeds) == ('sign_flip exact', 4, 3)
+    assert row.second_moment == pytest.approx(np.mean(np.array([2 / 3, -1 / 3, 1 / 3, 1.0]) ** 2))
     assert row.ci_low <= row.diff <= row.ci_high
     assert compare(x, y, n_boot=500, rng=7) == row
     with pytest.raises(ValueError, match='shape'):
         compare(x, y[:, :3])
+
+
+# -- p-values without a Monte-Carlo floor -----------------------------------------------------------
+
+@pytest.mark.parametrize('d', [
+    [1 / 3, 2 / 3, -1 / 3, 1.0, 1 / 3, -2 / 3, 2 / 3, 1 / 3, 1.0, -1.0, 1 / 3, 2 / 3, 1.0, 1 / 3],  # 3 seeds of 0/1
+    [k / 26 for k in (3, -1, 5, 2, 2, -4, 7, 1, 3, -2, 6, 1, 2, 4)],  # fractions of 26 letter probes
+])
+def test_lattice_sign_flip_matches_enumeration(d):
+    # exact_max=0 skips the enumeration inside the test, so the convolution answers; itertools
+    # enumerates all 2^14 sign vectors here.
+    assert sign_flip_test(d, exact_max=0) == (pytest.approx(enumerated_sign_flip_p(d), rel=1e-9), 'exact')
+
+
+def test_lattice_sign_flip_is_mcnemar_at_any_size():
+    # One seed of 0/1 data with 130 + 90 discordant items: the convolution is the binomial test.
+    x, y = outcomes(130, 90, both_right=500, both_wrong=300)
+    assert sign_flip_test(x - y) == (pytest.approx(binomtest(130, 220, 0.5).pvalue, rel=1e-9), 'exact')
+
+
+def test_normal_approximation_against_monte_carlo_and_conservative():
+    # 400 real-valued, skewed differences with a shift (m_eff ~ 140 >= 100), one draw with p in
+    # Holm's range at m ~ 400 (~1e-4), one at ~3e-3. 400,000 random sign vectors estimate p with
+    # relative SE sqrt((1 - p) / (p 400000)): 14% at 1.3e-4, 3% at 3e-3. The normal p is within
+    # 30% of it and not smaller than it by more than 3 SE (it errs on the conservative side).
+    gen = np.random.default_rng(11)
+    for shift in (0.21, 0.22):
+        d = gen.gamma(2.0, 0.5, size=400) * gen.choice([-1, 1], size=400) + shift
+        squares = d ** 2
+        assert squares.sum() ** 2 / (squares ** 2).sum() >= 100
+        p_normal, method = sign_flip_test(d)
+        reached = sum(np.count_nonzero(np.abs((1 - 2 * gen.integers(0, 2, size=(50_000, 400))) @ d) >= abs(d.sum()))
+                      for _ in range(8))
+        p_mc = (reached + 1) / 400_001
+        assert method == 'normal' and 5e-5 <= p_mc <= 0.05, p_mc
+        assert p_normal == pytest.approx(p_mc, rel=0.3)
+        assert p_normal >= p_mc * (1 - 3 * math.sqrt((1 - p_mc) / (p_mc * 400_000)))
+
+
+def test_large_samples_have_no_monte_carlo_floor():
+    # With n_perm=999 a Monte-Carlo p could never go below 1e-3, and Holm over 400 rows would
+    # multiply it to 0.4. Exact (lattice) and normal p-values go as low as the data say.
+    gen = np.random.default_rng(12)
+    p = gen.beta(2, 2, size=2000)
+    x, y = bernoulli_runs(np.clip(p + 0.1, 0, 1), 3, gen), bernoulli_runs(p, 3, gen)
+    p_acc, test_acc = paired_pvalue(x, y, n_perm=999)
+    nll = gen.gamma(2.0, 1.0, size=2000)
+    p_nll, test_nll = paired_pvalue(nll - 0.1 + gen.normal(0, 0.5, size=(3, 2000)), nll + gen.normal(0, 0.5, size=(3, 2000)),
+                                    n_perm=999)
+    assert (test_acc, test_nll) == ('sign_flip exact', 'sign_flip normal')
+    assert p_acc < 1e-12 and p_nll < 1e-12
+    assert adjust_pvalues([p_acc] + [0.5] * 399)[0] < 1e-9
+
+
+@pytest.mark.parametrize('kind', ['nll', 'acc1', 'acc3'])
+def test_null_calibration_large_samples(kind):
+    # 400 null tables of 3,000 items (skewed per-item NLL with 3 seeds: normal approximation;
+    # 0/1 with 1 or 3 seeds: exact): rejections at 5% within 2.5-7.5% (~ +-2.3 binomial SE of
+    # 1.1%) and at 1% at most 2.5%.
+    gen = np.random.default_rng(13)
+    pvalues = []
+    for _ in range(400):
+        if kind == 'nll':
+            mean = gen.gamma(2.0, 1.0, size=3000)
+            x, y = (mean + gen.gamma(1.0, 0.5, size=(3, 3000)) for _ in range(2))
+        else:
+            seeds = 1 if kind == 'acc1' else 3
+            q = gen.beta(2, 2, size=3000)
+            x, y = bernoulli_runs(q, seeds, gen), bernoulli_runs(q, seeds, gen)
+        pvalues.append(paired_pvalue(x, y)[0])
+    pvalues = np.array(pvalues)
+    assert 0.025 <= np.mean(pvalues < 0.05) <= 0.075
+    assert np.mean(pvalues < 0.01) <= 0.025
+
+
+# -- minimum detectable effect ---------------------------------------------------------------------
+
+def test_minimum_detectable_effect_known_answers():
+    # hellaswag, 10,042 items, 20% discordant, level 0.05: Connor's McNemar sample size at the
+    # returned Delta gives back n; the plain normal figure (z_a + z_b) sqrt(0.2 / n) = 0.0125.
+    n, m2 = 10_042, 0.2
+    delta = minimum_detectable_effect(m2, n, 0.05)
+    z_a, z_b = norm.isf(0.025), norm.ppf(0.8)
+    assert (z_a * math.sqrt(m2) + z_b * math.sqrt(m2 - delta ** 2)) ** 2 / delta ** 2 == pytest.approx(n, rel=1e-9)
+    assert delta == pytest.approx((z_a + z_b) * math.sqrt(m2 / n), rel=0.01)
+    # a stricter level (Holm's first step over 50 rows) needs a larger effect
+    assert minimum_detectable_effect(m2, n, 0.05 / 50) == pytest.approx(delta * (norm.isf(0.0005) + z_b) / (z_a + z_b), rel=0.01)
+    assert minimum_detectable_effect(m2, 10, 1e-4) == math.inf and math.isnan(minimum_detectable_effect(0.0, n, 0.05))
+
+
+@pytest.mark.parametrize('seeds, continuous', [(1, False), (3, False), (3, True)])
+def test_planted_minimum_detectable_effect_is_found_about_80_percent(seeds, continuous):
+    # The MDE at level 0.05 / 40 (Holm's first step over 40 rows) is computed from the second
+    # moment of a null pilot table; 300 tables with that effect planted (one row among 39 uniform
+    # null p-values, Holm across) find it in 70-90% (80% expected; binomial SE 2.3%).
+    gen = np.random.default_rng(21 + seeds + continuous)
+    n, level = 1500, 0.05 / 40
+
+    def table(effect):
+        if continuous:
+            mean = gen.gamma(2.0, 1.0, size=n)
+            return mean + effect + gen.normal(0, 0.5, size=(seeds, n)), mean + gen.normal(0, 0.5, size=(seeds, n))
+        q = 0.8 * gen.beta(2, 2, size=n) + 0.1
+        return bernoulli_runs(q + effect, seeds, gen), bernoulli_runs(q, seeds, gen)
+
+    pilot = compare(*table(0.0), n_boot=10)
+    mde = minimum_detectable_effect(pilot.second_moment, n, level)
+    found = 0
+    for _ in range(300):
+        x, y = table(mde)
+        p = paired_pvalue(x, y)[0]
+        found += adjust_pvalues([p, *gen.random(39)])[0] < 0.05
+    assert 0.70 <= found / 300 <= 0.90, (mde, found)

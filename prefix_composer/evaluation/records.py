@@ -34,6 +34,8 @@ from prefix_composer.files import write_bytes_atomic
 RECORDS_FORMAT = 'prefix_composer.lm_eval_records'
 RECORDS_VERSION = 1
 RECORDS_SUBDIR = 'lm_eval'
+# Every per-item measurement, each in its own folder of the run folder (``<run>/<kind>/ba<batch>.jsonl.gz``).
+RECORD_KINDS = ('lm_eval', 'validation', 'probes', 'recovery')
 SETTINGS_KEYS = ('tasks', 'limit', 'num_fewshot', 'fewshot_random_seed', 'autocast', 'tokenizer_hash',
                  'task_versions', 'n_shot', 'items')
 _NAME = re.compile(r'^ba(\d+)\.jsonl\.gz$')
@@ -150,12 +152,19 @@ def run_identity(run_name: str, seed: int, model_config: Mapping[str, Any],
 
 
 def settings_differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = 'settings') -> list[str]:
-    """``['settings.limit: 20 vs null', ...]``: every leaf where ``a`` and ``b`` differ (JSON notation)."""
+    """``['settings.limit: 20 vs null', ...]``: every leaf where ``a`` and ``b`` differ (JSON
+    notation, strings over 16 characters cut), the top-level keys first, so a changed ``limit``
+    comes before the per-task item counts and hashes it changed."""
     out = []
-    for key in sorted(set(a) | set(b), key=str):
+    for key in sorted(set(a) | set(b), key=lambda k: (isinstance(a.get(k), dict) or isinstance(b.get(k), dict), str(k))):
         name = f'{prefix}.{key}'
         if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
             out += settings_differences(a[key], b[key], name)
         elif a.get(key, '<absent>') != b.get(key, '<absent>'):
-            out.append(f'{name}: {json.dumps(a.get(key, "<absent>"))} vs {json.dumps(b.get(key, "<absent>"))}')
+            out.append(f'{name}: {_short(a.get(key, "<absent>"))} vs {_short(b.get(key, "<absent>"))}')
     return out
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 18 else text[:16] + '…'
