@@ -29,7 +29,7 @@ import test_bad_inputs as bad  # noqa: E402
 import test_run_folder as folder_tests  # noqa: E402
 import test_training as training_tests  # noqa: E402
 
-from prefix_composer.objectives.targets import ObjectiveSpec  # noqa: E402
+from prefix_composer.objectives.targets import NEUTRAL  # noqa: E402
 from prefix_composer.runtime.launch import main as train_main  # noqa: E402
 from prefix_composer.runtime.preemption import GracefulPreemption  # noqa: E402
 from prefix_composer.runtime.run_folder import lock_run_folder  # noqa: E402
@@ -57,9 +57,9 @@ def overrides(key: str, arguments: dict) -> list[str]:
 
 
 def objective_overrides(arguments: dict) -> list[str]:
-    """``algorithms.prefix_smoothing`` set to exactly ``arguments`` (ObjectiveSpec's defaults elsewhere)."""
-    return overrides('algorithms.prefix_smoothing',
-                     {f.name: arguments.get(f.name, f.default) for f in dataclasses.fields(ObjectiveSpec)})
+    """``algorithms.prefix_smoothing`` set to exactly ``arguments`` (the other parameters at their neutral value)."""
+    return overrides('algorithms.prefix_smoothing', {'objective': arguments['objective'],
+                                                     **{name: arguments.get(name, value) for name, value in NEUTRAL.items()}})
 
 
 def damage(name: str) -> Callable[[Path, Path], None]:

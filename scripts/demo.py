@@ -1,13 +1,16 @@
 """The embedded default: compare ``ce`` with a prefix objective on seed replicas, offline, on CPU.
 
-    uv run python scripts/demo.py [--seeds 2] [--batches 30] [--limit 10] [--parallel 2] [--dry-run] [key=value ...]
+    uv run python scripts/demo.py [--variants ce prefix_unnorm_eps1] [--seeds 2] [--batches 30] [--limit 10]
+                                  [--parallel 2] [--dry-run] [key=value ...]
 
 1. Collects English text already on this machine (the METADATA/LICENSE files of the installed
    Python packages, in sorted order) into ``data/demo/source/docs.jsonl``, and runs the real data
    pipeline on it (``download_fineweb_edu`` with local files, then ``create_mds``) as configured by
    ``yamls/smoke_cpu.yaml``.
-2. Trains the tiny model of ``yamls/smoke_cpu.yaml`` with the objective blocks of ``yamls/ce.yaml``
-   and ``yamls/prefix_unnorm_eps1.yaml`` (``VARIANTS``), ``--seeds`` replicas each: replica k of
+2. Trains the tiny model of ``yamls/smoke_cpu.yaml`` with the objective blocks of ``yamls/<variant>.yaml``
+   for each of ``--variants`` (any variant of ``scripts/make_yamls.py``; default ``ce`` and
+   ``prefix_unnorm_eps1``, ``VARIANTS``; the first is the comparison's baseline; a schedule in
+   ``dur`` runs over the demo's ``--batches``), ``--seeds`` replicas each: replica k of
    every variant has ``seed`` = ``shuffle_seed`` = 17 + k (paired: same init and data order) and
    the run name ``<variant>`` (k = 0) or ``<variant>_seed<k>``, in ``runs/demo/``. Each run is
    ``composer train.py yamls/smoke_cpu.yaml`` with overrides, ``--batches`` batches, validation
@@ -15,7 +18,7 @@
    middle and the end. ``--parallel`` runs train at once, each with cpu_count/parallel torch threads;
    each run's output goes to ``runs/demo/<run>/demo.log``.
 3. Writes the curves (``scripts/plot_metrics.py``) and the report (``scripts/compare_runs.py``:
-   paired differences to ``ce`` with 95% CIs and adjusted p-values), and ends by printing the
+   paired differences to the baseline with 95% CIs and adjusted p-values), and ends by printing the
    report's table and the paths of ``results.md``, the forest plot and the curves.
 
 Rerunning reuses what is done: existing data, finished runs (checkpoint and records of the last
@@ -31,6 +34,7 @@ import dataclasses
 import glob
 import json
 import os
+import shlex
 import subprocess
 import sys
 import sysconfig
@@ -41,18 +45,21 @@ from omegaconf import OmegaConf
 
 import compare_runs
 import plot_metrics
+from make_yamls import FAMILIES, flow_yaml
 from prefix_composer.config import load_config, replica_run_name
 from prefix_composer.data.build_mds import create_mds
 from prefix_composer.data.download import describe_source, download
 from prefix_composer.data.run_config import load_data_run_config
 from prefix_composer.evaluation.records import RECORDS_SUBDIR, records_path
 from prefix_composer.runtime.checkpoints import CHECKPOINT_PATTERN
+from prefix_composer.training.eps_schedule import objective_spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 YAML = 'yamls/smoke_cpu.yaml'
 SOURCE = 'data/demo/source/docs.jsonl'
 RUN_ROOT = 'runs/demo'
-VARIANTS = ('ce', 'prefix_unnorm_eps1')  # objective blocks from yamls/<variant>.yaml
+VARIANTS = ('ce', 'prefix_unnorm_eps1')  # objective blocks from yamls/<variant>.yaml; the first is the baseline
+CHOICES = tuple(v.name for family in FAMILIES for v in family.variants)
 TASKS = ('charbench',)
 EVAL_EVERY = 10  # batches between validation evaluations
 
@@ -89,23 +96,27 @@ def collect_local_text(path: str) -> int:
 
 
 def objective_block(variant: str) -> dict:
-    """``algorithms.prefix_smoothing`` of ``yamls/<variant>.yaml``."""
-    return OmegaConf.to_container(OmegaConf.load(os.path.join(REPO, 'yamls', f'{variant}.yaml')).algorithms.prefix_smoothing)
+    """``algorithms.prefix_smoothing`` of ``yamls/<variant>.yaml`` with every parameter (the unread ones at
+    their neutral value), so that it replaces yamls/smoke_cpu.yaml's block key by key."""
+    block = OmegaConf.load(os.path.join(REPO, 'yamls', f'{variant}.yaml')).algorithms.prefix_smoothing
+    return objective_spec(**OmegaConf.to_container(block)).to_config(complete=True)
 
 
-def plan_runs(seeds: int, batches: int, limit: int, extra: list[str]) -> list[PlannedRun]:
+def plan_runs(seeds: int, batches: int, limit: int, extra: list[str], variants: tuple[str, ...] = VARIANTS) -> list[PlannedRun]:
     """Every (variant, replica) run; replica k of every variant shares seed and data order 17 + k."""
     if seeds < 1 or batches < 2 or limit < 1:
         raise ValueError(f'--seeds must be >= 1, --batches >= 2 and --limit >= 1; got {seeds}, {batches}, {limit}.')
+    if len(set(variants)) < 2 or len(set(variants)) != len(variants):
+        raise ValueError(f'--variants must name at least two distinct variants, got {list(variants)}.')
     base_seed = int(OmegaConf.load(os.path.join(REPO, YAML)).variables.global_seed)
     runs = []
-    for variant in VARIANTS:
+    for variant in variants:
         block = objective_block(variant)
         for k in range(seeds):
             name, seed = replica_run_name(variant, k), base_seed + k
             overrides = (
                 f'run_name={name}', f'variables.run_root={RUN_ROOT}',
-                *(f'algorithms.prefix_smoothing.{key}={value}' for key, value in block.items()),
+                *(f'algorithms.prefix_smoothing.{key}={flow_yaml(value)}' for key, value in block.items()),
                 f'variables.global_seed={seed}',  # the YAML derives seed and shuffle_seed from it
                 f'max_duration={batches}ba', f'eval_interval={min(EVAL_EVERY, batches)}ba',
                 f'callbacks.lm_eval.tasks=[{",".join(TASKS)}]', f'callbacks.lm_eval.limit={limit}',
@@ -149,6 +160,9 @@ def train(run: PlannedRun, batches: int, limit: int, threads: int) -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=CHOICES, metavar='VARIANT',
+                        help=f'variants to train, the first the baseline of the comparison (default: {" ".join(VARIANTS)}); '
+                             f'any of {", ".join(CHOICES)}')
     parser.add_argument('--seeds', type=int, default=2, help='seed replicas per variant (default 2)')
     parser.add_argument('--batches', type=int, default=30, help='training batches per run (default 30)')
     parser.add_argument('--limit', type=int, default=10, help='CharBench items per subtask (default 10, 20 subtasks)')
@@ -159,10 +173,10 @@ def main(argv: list[str]) -> int:
     if unknown:
         parser.error(f'unrecognized arguments {unknown}: options are listed by --help, overrides are key=value')
     os.chdir(REPO)
-    runs = plan_runs(args.seeds, args.batches, args.limit, extra)
+    runs = plan_runs(args.seeds, args.batches, args.limit, extra, tuple(args.variants))
     if args.dry_run:
         for run in runs:
-            print(' '.join(run.command()))
+            print(shlex.join(run.command()))
         return 0
     for run in runs:  # a bad override fails here, before any data or training
         load_config(YAML, run.overrides)
@@ -175,7 +189,7 @@ def main(argv: list[str]) -> int:
         create_mds(data, workers=os.cpu_count() or 1)
     parallel = max(1, min(args.parallel, len(runs)))
     threads = max(1, (os.cpu_count() or 1) // parallel)
-    print(f'[demo] {len(runs)} runs ({", ".join(VARIANTS)} x {args.seeds} seeds), {args.batches} batches each, '
+    print(f'[demo] {len(runs)} runs ({", ".join(args.variants)} x {args.seeds} seeds), {args.batches} batches each, '
           f'{parallel} at a time with {threads} torch thread(s); logs in {RUN_ROOT}/<run>/demo.log', flush=True)
 
     def one(run: PlannedRun) -> None:
@@ -185,8 +199,9 @@ def main(argv: list[str]) -> int:
         list(pool.map(one, runs))
 
     curves = plot_metrics.write_plots(RUN_ROOT, os.path.join(RUN_ROOT, 'summary'))
-    print(f'\n[demo] compare_runs {RUN_ROOT} --baseline ce', flush=True)
-    compare_runs.main([RUN_ROOT, '--baseline', 'ce', '--out-dir', os.path.join(RUN_ROOT, 'report')])
+    baseline = args.variants[0]
+    print(f'\n[demo] compare_runs {RUN_ROOT} --baseline {baseline}', flush=True)
+    compare_runs.main([RUN_ROOT, '--baseline', baseline, '--out-dir', os.path.join(RUN_ROOT, 'report')])
     for family, (_, _, paths) in curves.items():
         for path in paths:
             print(f'Wrote curves ({family}): {path}')

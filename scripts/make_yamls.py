@@ -29,6 +29,7 @@ import sys
 from omegaconf import OmegaConf as om
 
 from prefix_composer.config import replica_run_name
+from prefix_composer.objectives import EpsSchedule, ObjectiveSpec
 from prefix_composer.training.param_count import ParamCount, count_llama_parameters
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,14 +37,21 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
+    """A variant's name and its objective's parameters as ``ObjectiveSpec`` takes them (``None`` = omitted:
+    the spec's defaults apply, and the YAML holds only the parameters the objective reads)."""
+
     name: str
     objective: str
-    eps: float
-    tau: float = 1.0
-    support: str = 'inclusive'
+    eps: float | EpsSchedule | None = None
+    tau: float | None = None
+    support: str | None = None
+
+    @property
+    def spec(self) -> ObjectiveSpec:
+        return ObjectiveSpec(self.objective, self.eps, self.tau, self.support)
 
     def algorithms(self) -> dict:
-        return {'prefix_smoothing': {'objective': self.objective, 'eps': self.eps, 'tau': self.tau, 'support': self.support}}
+        return {'prefix_smoothing': self.spec.to_config()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +73,10 @@ BRIEF001_PREFIX_EPS = (0.1, 1.0)
 # The longest strict prefix of the gold token takes eps: with scores len_i / tau over P(s) a prefix
 # one byte shorter gets exp(-1/tau) of its weight (e^-20 at 0.05; tests/test_targets.py checks >= 0.999 of eps).
 LONGEST_PREFIX_TAU = 0.05
+# modded-nanogpt's prefix token prediction: an auxiliary CE on the longest strict prefix with weight lambda
+# 0.25 for the first third of training, linearly to 0 over the second, in the convex form eps = lambda / (1 + lambda).
+PTP_WEIGHT = 0.25
+PTP_SCHEDULE = EpsSchedule('ptp', PTP_WEIGHT / (1 + PTP_WEIGHT), t1=(0.333, 'dur'), t2=(0.667, 'dur'))
 DEFAULT_SEEDS = (0, 1, 2)
 REPLICA_DIR = 'replicas'
 
@@ -74,13 +86,16 @@ FAMILIES = (
         summary='~100M Llama-3-style model, 2B FineWeb-Edu sample-100BT tokens, 8-GPU single-node DDP.',
         base='yamls/base/brief001_100m.yaml',
         variants=(
-            Variant('ce', 'ce', 0.0),
+            Variant('ce', 'ce'),
             Variant('label_smoothing', 'label_smoothing', 0.1),
             Variant('prefix_simple', 'prefix_simple', 0.1),
             *(Variant(f'prefix_norm_eps{number_tag(e)}', 'prefix_softmax_norm', e) for e in BRIEF001_PREFIX_EPS),
             *(Variant(f'prefix_unnorm_eps{number_tag(e)}', 'prefix_softmax', e) for e in BRIEF001_PREFIX_EPS),
             # modded-nanogpt PR #337: auxiliary cross-entropy on the longest proper byte prefix (yamls/README.md).
             Variant('prefix_longest_eps0p1', 'prefix_softmax', 0.1, LONGEST_PREFIX_TAU, 'strict'),
+            # The same method with its schedule, and a constant-eps twin so the schedule's effect is separable.
+            Variant('prefix_ptp', 'prefix_softmax', PTP_SCHEDULE, LONGEST_PREFIX_TAU, 'strict'),
+            Variant('prefix_ptp_const', 'prefix_softmax', PTP_SCHEDULE.peak, LONGEST_PREFIX_TAU, 'strict'),
         ),
     ),
     Family(
@@ -88,7 +103,7 @@ FAMILIES = (
         summary="~0.47B Llama-3-style model (brief 000's dims), 2B FineWeb-Edu sample-100BT tokens, 8 GPUs, tau sweep.",
         base='yamls/base/brief000_500m.yaml',
         variants=(
-            Variant('b000_ce', 'ce', 0.0),
+            Variant('b000_ce', 'ce'),
             *(Variant(f'b000_norm_tau{number_tag(t)}', 'prefix_softmax_norm', 1.0, t) for t in BRIEF000_TAUS),
             *(Variant(f'b000_unnorm_tau{number_tag(t)}', 'prefix_softmax', 1.0, t) for t in BRIEF000_TAUS),
         ),
@@ -103,11 +118,23 @@ GLOBAL_SEED_LINE = re.compile(r'^(  global_seed: )(\d+)(.*)$', re.MULTILINE)
 ALGORITHMS_BLOCK = re.compile(r'^algorithms:\n(?:[ \t]+\S.*\n)+', re.MULTILINE)
 
 
+def flow_yaml(value) -> str:
+    """A config value as one line of YAML: a mapping in flow style (``{schedule: ptp, value: 0.2}``),
+    floats as Python writes them (``1.0``, ``0.05``); also the value of a ``key=value`` override."""
+    if isinstance(value, dict):
+        return '{' + ', '.join(f'{k}: {flow_yaml(v)}' for k, v in value.items()) + '}'
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
 def render_algorithms(variant: Variant) -> str:
-    spec = variant.algorithms()['prefix_smoothing']
-    lines = ['algorithms:', '  prefix_smoothing:', f'    objective: {spec["objective"]}']
-    lines += [f'    eps: {float(spec["eps"])!r}', f'    tau: {float(spec["tau"])!r}', f'    support: {spec["support"]}']
+    block = variant.algorithms()['prefix_smoothing']
+    lines = ['algorithms:', '  prefix_smoothing:', *(f'    {key}: {flow_yaml(value)}' for key, value in block.items())]
     return '\n'.join(lines) + '\n'
+
+
+def describe_objective(variant: Variant) -> str:
+    """``objective prefix_softmax, eps 0.1, tau 1.0, support inclusive`` (the parameters it reads)."""
+    return ', '.join(f'{key} {flow_yaml(value)}' for key, value in variant.algorithms()['prefix_smoothing'].items())
 
 
 def replica_name(variant: Variant, k: int) -> str:
@@ -126,15 +153,13 @@ def base_seed(base_text: str) -> int:
 
 
 def header(family: Family, variant: Variant, total: int, embedding: int, k: int = 0, seed: int = 0) -> str:
-    spec = variant.algorithms()['prefix_smoothing']
     replica = (f'# Replica {k}: variables.global_seed {seed} (model init and data order), paired with replica {k}\n'
                f'# of every {family.title} variant; replica 0 is yamls/{replica_file(variant, 0)}.\n') if k else ''
     return (
         f'# GENERATED by scripts/make_yamls.py from {family.base}; edit the base (or the variant table\n'
         f'# in scripts/make_yamls.py) and regenerate with `uv run python scripts/make_yamls.py`.\n'
         f'# {family.title}: {family.summary}\n'
-        f'# Variant {variant.name}: objective {spec["objective"]}, eps {spec["eps"]!r}, '
-        f'tau {spec["tau"]!r}, support {spec["support"]}.\n'
+        f'# Variant {variant.name}: {describe_objective(variant)}.\n'
         f'# Model: {total:,} parameters = {embedding:,} tied embedding (counted once) + '
         f'{total - embedding:,} other\n'
         f'# (prefix_composer.training.param_count: LlamaForCausalLM on the meta device, unique parameters).\n'

@@ -10,7 +10,9 @@ vocabulary (``llama3_packaged``), as ``PrefixSmoothing`` builds it at ``INIT``, 
 ``objectives.stats.per_id_stats`` gives every gold id's off-gold mass and target entropy. The
 means are uniform over the token ids (no token-frequency weighting: the repo holds no natural
 text to weight by). Rows whose mean off-gold mass is below ``PLAIN_CE_OFF_GOLD`` (the threshold
-of the algorithm's warning) are marked: on this vocabulary they train plain cross-entropy.
+of the algorithm's warning) are marked: on this vocabulary they train plain cross-entropy. A
+variant whose eps is a schedule is shown at the schedule's maximum eps (the table the algorithm
+builds; every schedule starts there), and its note says so.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ import sys
 from omegaconf import OmegaConf as om
 
 from make_yamls import FAMILIES, REPO, report_check
-from prefix_composer.objectives import ObjectiveSpec, build_target_table, token_byte_strings
+from prefix_composer.objectives import EpsSchedule, ObjectiveSpec, build_target_table, token_byte_strings
 from prefix_composer.objectives.stats import PLAIN_CE_OFF_GOLD, per_id_stats
 from prefix_composer.tokenizer import PackagedLlama3Tokenizer
+from prefix_composer.training.eps_schedule import objective_spec
 
 README = os.path.join(REPO, 'yamls', 'README.md')
 BEGIN = '<!-- begin objective_mass_table (scripts/objective_mass_table.py) -->'
@@ -44,7 +47,7 @@ def variant_names() -> list[str]:
 def variant_spec(name: str) -> ObjectiveSpec:
     """The objective of the committed ``yamls/<name>.yaml``."""
     block = om.load(os.path.join(REPO, 'yamls', f'{name}.yaml')).algorithms.prefix_smoothing
-    return ObjectiveSpec(**om.to_container(block))
+    return objective_spec(**om.to_container(block))
 
 
 def table_row(name: str, pieces: list[bytes], specials: set[int]) -> str:
@@ -53,8 +56,11 @@ def table_row(name: str, pieces: list[bytes], specials: set[int]) -> str:
     off_gold, entropy = per_id_stats(table)
     gold_is_one = (table.weights[:, 0] == 1.0) & (table.uniform_mass == 0.0)  # column 0 is the gold id itself
     mass = float(off_gold.mean())
-    note = PLAIN_CE if spec.objective != 'ce' and mass < PLAIN_CE_OFF_GOLD else ''
-    cells = [f'`{name}`', f'`{spec.objective}`', f'{spec.eps:g}', f'{spec.tau:g}', spec.support, f'{mass:.4g}',
+    notes = [PLAIN_CE] if spec.objective != 'ce' and mass < PLAIN_CE_OFF_GOLD else []
+    if isinstance(spec.eps, EpsSchedule):
+        notes.append(f'eps schedule {spec.eps.schedule}: masses at its maximum eps {spec.peak_eps:g}')
+    note = '; '.join(notes)
+    cells = [f'`{name}`', f'`{spec.objective}`', f'{spec.peak_eps:g}', f'{spec.tau:g}', spec.support, f'{mass:.4g}',
              f'{float(off_gold.max()):.4g}', f'{float(entropy.mean()):.4g}',
              f'{int(gold_is_one.sum()):,} / {len(gold_is_one):,} ({float(gold_is_one.double().mean()):.4f})', note]
     return '| ' + ' | '.join(cells) + ' |'

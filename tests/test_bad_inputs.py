@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf as om
 from streaming import MDSWriter
 
 from prefix_composer.config import load_config
@@ -26,6 +27,7 @@ from prefix_composer.objectives.targets import ObjectiveSpec
 from prefix_composer.runtime.config_checks import check_config_keys
 from prefix_composer.runtime.preemption import GracefulPreemption
 from prefix_composer.training.algorithm import PrefixSmoothing
+from prefix_composer.training.eps_schedule import objective_spec
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = str(REPO / 'yamls' / 'smoke_cpu.yaml')
@@ -86,25 +88,56 @@ def test_composer_cli_refuses_a_model_config_typo_before_training(tmp_path):
 
 OBJECTIVE_REFUSALS = [  # (ObjectiveSpec / algorithms.prefix_smoothing arguments, message fragment)
     (dict(objective='ce', eps=0.5),
-     "eps=0.5 has no effect on objective 'ce'; set eps: 0.0 or use an objective that reads eps "
-     '(label_smoothing, prefix_simple, prefix_softmax, prefix_softmax_norm).'),
+     "algorithms.prefix_smoothing.eps=0.5 has no effect on objective 'ce'; remove algorithms.prefix_smoothing.eps (or set "
+     "it to 0.0) or use an objective that reads eps (label_smoothing, prefix_simple, prefix_softmax, prefix_softmax_norm)."),
     (dict(objective='ce', tau=2.0),
-     "tau=2.0 has no effect on objective 'ce'; set tau: 1.0 or use an objective that reads tau (prefix_softmax, prefix_softmax_norm)."),
+     "algorithms.prefix_smoothing.tau=2.0 has no effect on objective 'ce'; remove algorithms.prefix_smoothing.tau (or set "
+     "it to 1.0) or use an objective that reads tau (prefix_softmax, prefix_softmax_norm)."),
     (dict(objective='ce', support='strict'),
-     "support='strict' has no effect on objective 'ce'; set support: 'inclusive' or use an objective that reads support "
-     '(prefix_softmax, prefix_softmax_norm).'),
-    (dict(objective='label_smoothing', eps=0.1, tau=0.5), "tau=0.5 has no effect on objective 'label_smoothing'; set tau: 1.0"),
-    (dict(objective='label_smoothing', eps=0.1, support='strict'), "support='strict' has no effect on objective 'label_smoothing'"),
-    (dict(objective='prefix_simple', eps=0.1, tau=0.05), "tau=0.05 has no effect on objective 'prefix_simple'; set tau: 1.0"),
-    (dict(objective='prefix_simple', eps=0.1, support='strict'), "support='strict' has no effect on objective 'prefix_simple'"),
-    (dict(objective='prefix_softmax', eps=True), 'eps must be a number in [0, 1], got True.'),
-    (dict(objective='prefix_softmax', eps=1.0, tau=True), 'tau must be a finite number > 0, got True.'),
+     "algorithms.prefix_smoothing.support='strict' has no effect on objective 'ce'; remove algorithms.prefix_smoothing.support "
+     "(or set it to 'inclusive') or use an objective that reads support (prefix_softmax, prefix_softmax_norm)."),
+    (dict(objective='label_smoothing', eps=0.1, tau=0.5),
+     "algorithms.prefix_smoothing.tau=0.5 has no effect on objective 'label_smoothing'; remove algorithms.prefix_smoothing.tau"),
+    (dict(objective='label_smoothing', eps=0.1, support='strict'),
+     "algorithms.prefix_smoothing.support='strict' has no effect on objective 'label_smoothing'"),
+    (dict(objective='prefix_simple', eps=0.1, tau=0.05),
+     "algorithms.prefix_smoothing.tau=0.05 has no effect on objective 'prefix_simple'; remove algorithms.prefix_smoothing.tau"),
+    (dict(objective='prefix_simple', eps=0.1, support='strict'),
+     "algorithms.prefix_smoothing.support='strict' has no effect on objective 'prefix_simple'"),
+    (dict(objective='prefix_softmax', eps=True), 'algorithms.prefix_smoothing.eps must be a number in [0, 1] or a schedule'),
+    (dict(objective='prefix_softmax', eps=1.0, tau=True), 'algorithms.prefix_smoothing.tau must be a finite number > 0, got True.'),
+    # eps schedules (objectives/schedule.py): every value in [0, 1], t1 <= t2 in one unit, dur <= 1, known names and units
+    (dict(objective='prefix_softmax', eps={'schedule': 'ptp', 'value': 1.5, 't1': '0.3dur', 't2': '0.6dur'}),
+     'algorithms.prefix_smoothing.eps.value must be a number in [0, 1] (the largest eps of the schedule), got 1.5.'),
+    (dict(objective='prefix_softmax', eps={'schedule': 'linear', 'value': -0.1}),
+     'algorithms.prefix_smoothing.eps.value must be a number in [0, 1] (the largest eps of the schedule), got -0.1.'),
+    (dict(objective='prefix_softmax', eps={'schedule': 'ptp', 'value': 0.2, 't1': '0.6dur', 't2': '0.3dur'}),
+     'algorithms.prefix_smoothing.eps: t2=0.3dur is before t1=0.6dur; the decay ends at t2, so set t2 >= t1.'),
+    (dict(objective='prefix_softmax', eps={'schedule': 'ptp', 'value': 0.2, 't1': '10ba', 't2': '0.5dur'}),
+     'algorithms.prefix_smoothing.eps: t1=10ba and t2=0.5dur must be in the same unit.'),
+    (dict(objective='prefix_softmax', eps={'schedule': 'linear', 'value': 0.2, 't2': '1.5dur'}),
+     'algorithms.prefix_smoothing.eps.t2=1.5dur: a dur time is a fraction of max_duration, in [0, 1].'),
+    (dict(objective='prefix_softmax', eps={'schedule': 'linear', 'value': 0.2, 't2': '2ep'}),
+     "algorithms.prefix_smoothing.eps.t2=2ep: unit 'ep' is not allowed; use dur, ba, tok"),
+    (dict(objective='prefix_softmax', eps={'schedule': 'linear', 'value': 0.2, 't2': '0.5days'}),
+     "algorithms.prefix_smoothing.eps.t2='0.5days' is not a Composer time with a unit; write e.g. 0.5dur"),
+    (dict(objective='prefix_softmax', eps={'schedule': 'cosine', 'value': 0.2}),
+     "algorithms.prefix_smoothing.eps.schedule: unknown schedule 'cosine'; choose one of constant, linear, ptp."),
+    (dict(objective='prefix_softmax', eps={'schedule': 'ptp', 'value': 0.2, 't2': '0.5dur'}),
+     "algorithms.prefix_smoothing.eps.t1 is missing: schedule 'ptp' takes t1, t2"),
+    (dict(objective='prefix_softmax', eps={'schedule': 'constant', 'value': 0.2, 't1': '5ba'}),
+     "algorithms.prefix_smoothing.eps.t1=5ba has no effect on schedule 'constant'; remove it."),
+    (dict(objective='label_smoothing', eps={'schedule': 'ptp', 'value': 0.2, 't1': '3ba', 't2': '6ba', 't3': '9ba'}),
+     "algorithms.prefix_smoothing.eps: unknown keys ['t3'] in the schedule; it takes schedule, value, t1, t2."),
+    (dict(objective='ce', eps={'schedule': 'constant', 'value': 0.2}),
+     "algorithms.prefix_smoothing.eps={'schedule': 'constant', 'value': 0.2} has no effect on objective 'ce'"),
 ]
 
 
 @pytest.mark.parametrize('arguments, message', OBJECTIVE_REFUSALS)
 def test_objective_argument_is_refused(arguments, message):
-    assert message in refusal(ObjectiveSpec, **arguments)
+    """By the algorithm llm-foundry builds from the YAML block (before the model), with the full key."""
+    assert message in refusal(PrefixSmoothing, **arguments)
 
 
 @pytest.mark.parametrize('arguments', [dict(objective='ce', eps=0, tau=1), dict(objective='label_smoothing', eps=1.0),
@@ -113,11 +146,33 @@ def test_parameters_at_their_default_or_read_by_the_objective_pass(arguments):
     assert ObjectiveSpec(**arguments).objective == arguments['objective']
 
 
+@pytest.mark.parametrize('block, spec', [
+    (dict(objective='ce'), ObjectiveSpec('ce', 0.0, 1.0, 'inclusive')),
+    (dict(objective='label_smoothing', eps=0.1), ObjectiveSpec('label_smoothing', 0.1, 1.0, 'inclusive')),
+    (dict(objective='prefix_simple', eps=0.2), ObjectiveSpec('prefix_simple', 0.2, 1.0, 'inclusive')),
+    (dict(objective='prefix_softmax', eps=0.2), ObjectiveSpec('prefix_softmax', 0.2, 1.0, 'inclusive')),
+    (dict(), ObjectiveSpec('ce', 0.0, 1.0, 'inclusive')),
+])
+def test_an_omitted_parameter_is_never_an_error(block, spec):
+    """The algorithm, the spec and the YAML agree on one set of defaults: nothing the user did not write is named."""
+    assert PrefixSmoothing(**block).spec == ObjectiveSpec(**block) == spec
+
+
+def test_objective_ce_alone_in_a_yaml_is_accepted(tmp_path):
+    """``objective: ce`` and nothing else in a YAML: accepted by the algorithm llm-foundry builds from it."""
+    yaml = tmp_path / 'ce_only.yaml'
+    cfg = om.load(SMOKE)
+    cfg.algorithms.prefix_smoothing = {'objective': 'ce'}
+    yaml.write_text(om.to_yaml(cfg))
+    block = load_config(str(yaml)).algorithms.prefix_smoothing
+    assert PrefixSmoothing(**block).spec == ObjectiveSpec('ce')
+
+
 @pytest.mark.parametrize('yaml', COMMITTED_YAMLS)
 def test_committed_yaml_objective_block_validates(yaml):
-    """Generated YAMLs spell every parameter, the unused ones at their default: they must pass."""
+    """Generated YAMLs spell only the parameters their objective reads (the base: the unread ones neutral)."""
     block = load_config(str(REPO / yaml)).algorithms.prefix_smoothing
-    assert PrefixSmoothing(**block).spec == ObjectiveSpec(**block)
+    assert PrefixSmoothing(**block).spec == objective_spec(**block)
 
 
 NUMBER_REFUSALS = [  # (component, arguments, message fragment)

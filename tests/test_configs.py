@@ -77,7 +77,7 @@ def test_committed_yamls_are_what_the_generator_writes(tmp_path):
     assert make_yamls.main(['--out-dir', str(tmp_path)]) == 0
     generated = generated_files(tmp_path)
     assert generated == sorted(f'{stem}.yaml' for stem in REPLICAS.values())
-    assert len(generated) == (8 + 13) * len(SEEDS) and len(SEEDS) == 3
+    assert len(generated) == (10 + 13) * len(SEEDS) and len(SEEDS) == 3
     by_hand = {'smoke_cpu.yaml'} | {str(p.relative_to(YAMLS)) for p in (YAMLS / 'base').iterdir()}
     assert set(generated_files(YAMLS)) - by_hand == set(generated), 'yamls/ holds YAMLs the generator does not write'
     for name in generated:
@@ -126,19 +126,27 @@ def test_number_tags():
 
 # -- what the variants are -------------------------------------------------------------------------
 
+def softmax(objective: str, eps, tau: float, support: str = 'inclusive') -> dict:
+    return {'objective': objective, 'eps': eps, 'tau': tau, 'support': support}
+
+
+# The algorithms.prefix_smoothing block of each variant: the objective and only the parameters it reads.
+PTP_EPS = {'schedule': 'ptp', 'value': 0.2, 't1': '0.333dur', 't2': '0.667dur'}
 EXPECTED_OBJECTIVES = {
-    'ce': ('ce', 0.0, 1.0),
-    'label_smoothing': ('label_smoothing', 0.1, 1.0),
-    'prefix_simple': ('prefix_simple', 0.1, 1.0),
-    'prefix_norm_eps0p1': ('prefix_softmax_norm', 0.1, 1.0),
-    'prefix_norm_eps1': ('prefix_softmax_norm', 1.0, 1.0),
-    'prefix_unnorm_eps0p1': ('prefix_softmax', 0.1, 1.0),
-    'prefix_unnorm_eps1': ('prefix_softmax', 1.0, 1.0),
-    'prefix_longest_eps0p1': ('prefix_softmax', 0.1, make_yamls.LONGEST_PREFIX_TAU, 'strict'),
-    'b000_ce': ('ce', 0.0, 1.0),
-    **{f'b000_norm_tau{tag}': ('prefix_softmax_norm', 1.0, t) for tag, t in
+    'ce': {'objective': 'ce'},
+    'label_smoothing': {'objective': 'label_smoothing', 'eps': 0.1},
+    'prefix_simple': {'objective': 'prefix_simple', 'eps': 0.1},
+    'prefix_norm_eps0p1': softmax('prefix_softmax_norm', 0.1, 1.0),
+    'prefix_norm_eps1': softmax('prefix_softmax_norm', 1.0, 1.0),
+    'prefix_unnorm_eps0p1': softmax('prefix_softmax', 0.1, 1.0),
+    'prefix_unnorm_eps1': softmax('prefix_softmax', 1.0, 1.0),
+    'prefix_longest_eps0p1': softmax('prefix_softmax', 0.1, make_yamls.LONGEST_PREFIX_TAU, 'strict'),
+    'prefix_ptp': softmax('prefix_softmax', PTP_EPS, 0.05, 'strict'),
+    'prefix_ptp_const': softmax('prefix_softmax', 0.2, 0.05, 'strict'),
+    'b000_ce': {'objective': 'ce'},
+    **{f'b000_norm_tau{tag}': softmax('prefix_softmax_norm', 1.0, t) for tag, t in
        [('0p05', 0.05), ('0p1', 0.1), ('0p2', 0.2), ('0p5', 0.5), ('1', 1.0), ('2', 2.0)]},
-    **{f'b000_unnorm_tau{tag}': ('prefix_softmax', 1.0, t) for tag, t in
+    **{f'b000_unnorm_tau{tag}': softmax('prefix_softmax', 1.0, t) for tag, t in
        [('0p05', 0.05), ('0p1', 0.1), ('0p2', 0.2), ('0p5', 0.5), ('1', 1.0), ('2', 2.0)]},
 }
 
@@ -146,9 +154,7 @@ EXPECTED_OBJECTIVES = {
 @pytest.mark.parametrize('name, k', list(REPLICAS))
 def test_variant_objective_and_run_name(name, k):
     cfg = resolved(REPLICAS[name, k])
-    objective, eps, tau, *support = EXPECTED_OBJECTIVES[name]
-    support = support[0] if support else 'inclusive'
-    assert cfg['algorithms'] == {'prefix_smoothing': {'objective': objective, 'eps': eps, 'tau': tau, 'support': support}}
+    assert cfg['algorithms'] == {'prefix_smoothing': EXPECTED_OBJECTIVES[name]}
     run_name = Path(REPLICAS[name, k]).name
     assert run_name == (name if k == 0 else f'{name}_seed{k}')
     assert cfg['run_name'] == run_name  # = the YAML stem, so a restarted job resumes into the same folder
@@ -303,9 +309,9 @@ def test_replica_k_of_every_variant_sees_the_same_first_batch(k, numbered_mds, t
 
 
 # -- the objective mass table of yamls/README.md (scripts/objective_mass_table.py) ----------------
-# All 21 tables take minutes on the real vocabulary: the test recomputes rows of ce, label smoothing,
-# the 1.0-gold-weight tau 0.05 variant and one prefix softmax (about 15 s on 2 cores).
-CHECKED_ROWS = ['ce', 'label_smoothing', 'b000_unnorm_tau0p05', 'prefix_unnorm_eps0p1']
+# All 23 tables take minutes on the real vocabulary: the test recomputes rows of ce, label smoothing,
+# the 1.0-gold-weight tau 0.05 variant, one prefix softmax and the eps schedule (about 20 s on 2 cores).
+CHECKED_ROWS = ['ce', 'label_smoothing', 'b000_unnorm_tau0p05', 'prefix_unnorm_eps0p1', 'prefix_ptp']
 
 
 def mass_table_row(name: str) -> list[str]:

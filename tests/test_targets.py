@@ -152,12 +152,13 @@ def test_strict_support_puts_no_mass_on_gold_at_eps1(tokenizer, byte_vocab):
 
 
 @pytest.mark.parametrize('kwargs, message', [
-    (dict(objective='focal'), 'Unknown objective'),
-    (dict(objective='prefix_simple', eps=1.5), 'eps must be'),
-    (dict(objective='prefix_simple', eps=-0.1), 'eps must be'),
-    (dict(objective='prefix_softmax', tau=0.0), 'tau must be'),
-    (dict(objective='prefix_softmax', tau=-1.0), 'tau must be'),
-    (dict(objective='prefix_softmax', support='loose'), 'support must be'),
+    (dict(objective='focal'), "^algorithms.prefix_smoothing.objective: unknown objective 'focal'"),
+    (dict(objective='prefix_simple', eps=1.5), r'^algorithms.prefix_smoothing.eps must be a number in \[0, 1\] or a schedule'),
+    (dict(objective='prefix_simple', eps=-0.1), '^algorithms.prefix_smoothing.eps must be'),
+    (dict(objective='prefix_simple'), "^algorithms.prefix_smoothing.eps is missing: objective 'prefix_simple' reads it"),
+    (dict(objective='prefix_softmax', eps=0.1, tau=0.0), '^algorithms.prefix_smoothing.tau must be'),
+    (dict(objective='prefix_softmax', eps=0.1, tau=-1.0), '^algorithms.prefix_smoothing.tau must be'),
+    (dict(objective='prefix_softmax', eps=0.1, support='loose'), '^algorithms.prefix_smoothing.support must be'),
 ])
 def test_bad_objective_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -109,10 +109,10 @@ def test_composer_cli_trains_and_autoresumes(tiny_mds, tmp_path):
 
 
 BAD_CONFIG_REFUSALS = [  # (override of yamls/smoke_cpu.yaml, message fragment)
-    ('algorithms.prefix_smoothing.objective=focal', 'Unknown objective'),
-    ('algorithms.prefix_smoothing.eps=2', 'eps must be'),
-    ('algorithms.prefix_smoothing.tau=0', 'tau must be'),
-    ('algorithms.prefix_smoothing.support=loose', 'support must be'),
+    ('algorithms.prefix_smoothing.objective=focal', "algorithms.prefix_smoothing.objective: unknown objective 'focal'"),
+    ('algorithms.prefix_smoothing.eps=2', 'algorithms.prefix_smoothing.eps must be a number in'),
+    ('algorithms.prefix_smoothing.tau=0', 'algorithms.prefix_smoothing.tau must be'),
+    ('algorithms.prefix_smoothing.support=loose', 'algorithms.prefix_smoothing.support must be'),
     ('model.config.vocab_size=128000', 'smaller than the tokenizer'),
 ]
 

@@ -26,7 +26,6 @@ the restart the evaluation of that batch runs again at ``FIT_START``, before any
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -80,7 +79,7 @@ def state_run_identity(state: State) -> dict[str, Any]:
     model, _ = unwrap_hf_model(state)
     objectives = [algorithm.spec for algorithm in state.algorithms if isinstance(algorithm, PrefixSmoothing)]
     return run_identity(state.run_name, state.rank_zero_seed, model.config.to_dict(),
-                        dataclasses.asdict(objectives[0]) if objectives else None)
+                        objectives[0].to_config(complete=True) if objectives else None)
 
 
 class LMEvalCallback(Callback):

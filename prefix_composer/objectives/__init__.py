@@ -1,5 +1,6 @@
 """The objectives' math: vocabulary bytes, objective specs and their sparse target tables (no Composer)."""
 
+from prefix_composer.objectives.schedule import EpsSchedule
 from prefix_composer.objectives.targets import (
     OBJECTIVES,
     SUPPORTS,
@@ -13,6 +14,7 @@ from prefix_composer.objectives.targets import (
 from prefix_composer.objectives.vocab import special_token_ids, token_byte_strings
 
 __all__ = [
+    'EpsSchedule',
     'OBJECTIVES',
     'SUPPORTS',
     'ObjectiveSpec',

@@ -34,14 +34,18 @@ import dataclasses
 import itertools
 import math
 
+from typing import Mapping
+
 import numpy as np
 import torch
 
 from prefix_composer.constants import is_number
+from prefix_composer.objectives.schedule import EpsSchedule
 
 OBJECTIVES = ('ce', 'label_smoothing', 'prefix_simple', 'prefix_softmax', 'prefix_softmax_norm')
 SUPPORTS = ('inclusive', 'strict')
-# The hyper-parameters each objective's target reads (build_target_table); the others must keep their defaults.
+OBJECTIVE_KEY = 'algorithms.prefix_smoothing'  # where a run's YAML sets the objective and its parameters
+# The hyper-parameters each objective's target reads (build_target_table).
 OBJECTIVE_PARAMETERS = {
     'ce': (),
     'label_smoothing': ('eps',),
@@ -49,35 +53,75 @@ OBJECTIVE_PARAMETERS = {
     'prefix_softmax': ('eps', 'tau', 'support'),
     'prefix_softmax_norm': ('eps', 'tau', 'support'),
 }
+# The value of a parameter that the objective does not read (what it acts as), which is also the
+# default of tau and support where they are read; eps has no default where it is read.
+NEUTRAL = {'eps': 0.0, 'tau': 1.0, 'support': 'inclusive'}
 
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveSpec:
-    """A training objective with its hyper-parameters, validated on construction: a known objective,
-    eps a number (not a boolean) in [0, 1], tau a finite number > 0, a known support, and every
-    parameter the objective does not read (``OBJECTIVE_PARAMETERS``) at its default."""
+    """A training objective with its hyper-parameters: the one definition of what
+    ``algorithms.prefix_smoothing`` takes (the ``PrefixSmoothing`` algorithm, the YAML generator and
+    the scripts build it).
+
+    ``None`` = omitted. On construction the spec is validated and the omitted parameters are filled
+    in: an objective that reads eps needs it (a number in [0, 1] or an ``EpsSchedule``); tau (a
+    finite number > 0) and support (inclusive or strict) default to 1.0 and inclusive; a parameter
+    the objective does not read (``OBJECTIVE_PARAMETERS``) takes its ``NEUTRAL`` value, and giving
+    it any other value is refused (it would have no effect). Errors name the YAML key
+    (``algorithms.prefix_smoothing.<name>``), the value given and the fix.
+    """
 
     objective: str = 'ce'
-    eps: float = 0.0
-    tau: float = 1.0
-    support: str = 'inclusive'
+    eps: float | EpsSchedule | None = None
+    tau: float | None = None
+    support: str | None = None
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
-            raise ValueError(f'Unknown objective {self.objective!r}; choose one of {", ".join(OBJECTIVES)}.')
-        if not (is_number(self.eps) and 0.0 <= self.eps <= 1.0):
-            raise ValueError(f'eps must be a number in [0, 1], got {self.eps!r}.')
-        if not (is_number(self.tau) and self.tau > 0 and math.isfinite(self.tau)):
-            raise ValueError(f'tau must be a finite number > 0, got {self.tau!r}.')
-        if self.support not in SUPPORTS:
-            raise ValueError(f'support must be one of {", ".join(SUPPORTS)}, got {self.support!r}.')
+            raise ValueError(f'{OBJECTIVE_KEY}.objective: unknown objective {self.objective!r}; choose one of '
+                             f'{", ".join(OBJECTIVES)}.')
         used = OBJECTIVE_PARAMETERS[self.objective]
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if field.name != 'objective' and field.name not in used and value != field.default:
-                readers = ', '.join(o for o, params in OBJECTIVE_PARAMETERS.items() if field.name in params)
-                raise ValueError(f'{field.name}={value!r} has no effect on objective {self.objective!r}; set '
-                                 f'{field.name}: {field.default!r} or use an objective that reads {field.name} ({readers}).')
+        for name in NEUTRAL:
+            value = getattr(self, name)
+            if value is None:
+                if name == 'eps' and name in used:
+                    raise ValueError(f'{OBJECTIVE_KEY}.eps is missing: objective {self.objective!r} reads it; set it to '
+                                     'a number in [0, 1] or a schedule (yamls/README.md).')
+                object.__setattr__(self, name, NEUTRAL[name])
+            elif name not in used and value != NEUTRAL[name]:
+                readers = ', '.join(o for o, params in OBJECTIVE_PARAMETERS.items() if name in params)
+                shown = value.to_config() if isinstance(value, EpsSchedule) else value
+                raise ValueError(f'{OBJECTIVE_KEY}.{name}={shown!r} has no effect on objective {self.objective!r}; '
+                                 f'remove {OBJECTIVE_KEY}.{name} (or set it to {NEUTRAL[name]!r}) or use an objective '
+                                 f'that reads {name} ({readers}).')
+        if not (isinstance(self.eps, EpsSchedule) or (is_number(self.eps) and 0.0 <= self.eps <= 1.0)):
+            raise ValueError(f'{OBJECTIVE_KEY}.eps must be a number in [0, 1] or a schedule '
+                             f'({{schedule: ptp, value: 0.2, t1: 0.333dur, t2: 0.667dur}}), got {self.eps!r}.')
+        if not (is_number(self.tau) and self.tau > 0 and math.isfinite(self.tau)):
+            raise ValueError(f'{OBJECTIVE_KEY}.tau must be a finite number > 0, got {self.tau!r}.')
+        if self.support not in SUPPORTS:
+            raise ValueError(f'{OBJECTIVE_KEY}.support must be one of {", ".join(SUPPORTS)}, got {self.support!r}.')
+
+    @property
+    def peak_eps(self) -> float:
+        """The largest eps of the run: eps itself, or the schedule's maximum (the target table's eps)."""
+        return self.eps.peak if isinstance(self.eps, EpsSchedule) else float(self.eps)
+
+    def eps_at(self, elapsed: Mapping[str, float]) -> float:
+        """eps in force at the training time ``elapsed`` (``{unit: time trained}``, see ``objectives.schedule``)."""
+        return self.eps.at(elapsed) if isinstance(self.eps, EpsSchedule) else float(self.eps)
+
+    def to_config(self, complete: bool = False) -> dict:
+        """The ``algorithms.prefix_smoothing`` mapping: the objective and the parameters it reads, or with
+        ``complete`` every parameter (the unread ones at their neutral value), so that it can override a
+        block written for another objective key by key."""
+        names = NEUTRAL if complete else OBJECTIVE_PARAMETERS[self.objective]
+        config = {'objective': self.objective}
+        for name in names:
+            value = getattr(self, name)
+            config[name] = value.to_config() if isinstance(value, EpsSchedule) else value
+        return config
 
 
 @dataclasses.dataclass
@@ -98,16 +142,27 @@ class TargetTable:
     def to(self, device: torch.device | str) -> 'TargetTable':
         return dataclasses.replace(self, ids=self.ids.to(device), weights=self.weights.to(device), width=self.width.to(device))
 
-    def lookup(self, labels: torch.Tensor, ignore_index: int = -100) -> 'SparseTargets':
+    def lookup(self, labels: torch.Tensor, ignore_index: int = -100, scale: float = 1.0) -> 'SparseTargets':
         """Target rows for a tensor of gold labels; ignored positions get the row of id 0.
 
         Only the first ``max width`` columns of the batch's rows are gathered (the columns cut
         off have weight 0 in every row of the batch), so a batch pays for its longest support,
         not for the vocabulary's widest row.
+
+        ``scale`` = eps_t / eps (in [0, 1]) moves the targets toward one-hot: the table holds
+        ``q = (1-eps)·onehot(y) + eps·r`` (r the objective's smoothing distribution: the prefix
+        softmax or simple split, for label smoothing the uniform part over the other ids), which
+        is affine in eps, so ``q_t = (1-eps_t)·onehot(y) + eps_t·r = onehot(y) + scale·(q - onehot(y))``:
+        every sparse weight and the uniform mass times ``scale``, plus ``1 - scale`` on the gold
+        column 0. Rows without smoothing (one-hot) stay one-hot; the table is never rebuilt.
         """
         safe = labels.masked_fill(labels == ignore_index, 0)
         k = int(self.width[safe].max()) if safe.numel() else 1
-        return SparseTargets(self.ids[:, :k][safe], self.weights[:, :k][safe], self.uniform_mass, self.uniform_count)
+        weights = self.weights[:, :k][safe]
+        if scale != 1.0:
+            weights = weights * scale
+            weights[..., 0] += 1.0 - scale
+        return SparseTargets(self.ids[:, :k][safe], weights, self.uniform_mass * scale, self.uniform_count)
 
 
 @dataclasses.dataclass
@@ -136,9 +191,10 @@ def strict_prefix_ids(pieces: list[bytes], specials: set[int]) -> list[list[int]
 
 
 def build_target_table(pieces: list[bytes], specials: set[int], spec: ObjectiveSpec) -> TargetTable:
-    """The sparse target of every gold id ``0 .. len(pieces)-1`` under ``spec``."""
+    """The sparse target of every gold id ``0 .. len(pieces)-1`` under ``spec``, at its largest eps
+    (``spec.peak_eps``; a schedule scales it down per batch in ``TargetTable.lookup``)."""
     vt = len(pieces)
-    eps = float(spec.eps)
+    eps = spec.peak_eps
     gold = np.arange(vt, dtype=np.int64)
 
     if spec.objective == 'ce' or eps == 0.0:
