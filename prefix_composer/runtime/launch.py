@@ -2,7 +2,7 @@
 
 Everything that can be checked before the first batch is checked here or while the Trainer is
 built (objective arguments, model vocab, lm-eval tasks). Here, in order: keys that nothing would
-read (``config_checks``), FSDP with the fused loss, then (pre-flight) writable output folders, the
+read and durations that cannot work (``config_checks``), FSDP with the fused loss, then (pre-flight) writable output folders, the
 run-folder lock, the checkpoints autoresume will load and the experiment they belong to, stale
 shared memory, and the MDS data against the run and its shard files.
 """
@@ -24,7 +24,7 @@ from prefix_composer.config import load_config
 from prefix_composer.data.manifest import check_run_data
 from prefix_composer.evaluation.records import default_records_folder
 from prefix_composer.runtime.checkpoints import local_save_folder, prepare_autoresume
-from prefix_composer.runtime.config_checks import check_config_keys
+from prefix_composer.runtime.config_checks import check_config_keys, check_durations
 from prefix_composer.runtime.experiment import check_experiment, take_allowed_changes
 from prefix_composer.runtime.multinode import install_node_signal_file_name
 from prefix_composer.runtime.run_folder import check_writable, lock_run_folder
@@ -107,6 +107,7 @@ def main(argv: Sequence[str]) -> None:
     allowed_changes = take_allowed_changes(cfg)
     configure_logging(cfg)
     check_config_keys(cfg)
+    check_durations(cfg)
     check_parallelism(cfg)
     # With several ranks build_tokenizer (pre-flight) synchronises them, so the process group must
     # exist first; llm-foundry's train() finds it initialised.
