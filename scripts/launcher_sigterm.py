@@ -1,11 +1,12 @@
-"""What a launcher does with SIGTERM: ``uv run python scripts/launcher_sigterm.py [--delays 2 40]``.
+"""What a launcher does with SIGTERM: ``uv run python scripts/launcher_sigterm.py [--delays 2 40] [--sigterms 1 2]``.
 
 For each launcher (Composer's ``composer`` and ``python -m prefix_composer.runtime.launcher``),
 as an ordinary process and as PID 1 of a new PID namespace (``unshare --pid --fork``, what a
-container's entry process is; needs root, else those rows are skipped), and for each delay: start
-``-n 1`` of a rank script whose SIGTERM handler takes ``delay`` seconds and then exits 0; once
-the rank runs, send SIGTERM to the launcher only. Prints one Markdown row per case: whether the
-rank got SIGTERM, whether it finished its handler, and the launcher's exit code and time.
+container's entry process is; as root, else in a user namespace, else those rows are skipped),
+for each delay and each number of SIGTERMs: start ``-n 1`` of a rank script whose SIGTERM
+handler takes ``delay`` seconds and then exits 0; once the rank runs, send that many SIGTERMs,
+``GAP_S`` apart, to the launcher only. Prints one Markdown row per case: whether the rank got
+SIGTERM, whether it finished its handler, and the launcher's exit code and time.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from typing import Optional
 
 RANK_SCRIPT = textwrap.dedent('''
     import signal, sys, time
@@ -36,6 +38,8 @@ RANK_SCRIPT = textwrap.dedent('''
     while True:
         time.sleep(0.1)
 ''')
+
+GAP_S = 0.5  # between repeated SIGTERMs (kubelet and a user's kubectl delete, say)
 
 LAUNCHERS = {
     'composer': [os.path.join(os.path.dirname(sys.executable), 'composer')],
@@ -56,10 +60,23 @@ def launcher_pid(wrapper: subprocess.Popen, as_pid1: bool) -> int:
         time.sleep(0.1)
 
 
-def run_case(launcher: list[str], as_pid1: bool, delay: float, folder: str) -> dict:
+def pid1_prefix() -> Optional[list[str]]:
+    """The command that starts a process as PID 1 of a new PID namespace, or None where that is not allowed."""
+    if not shutil.which('unshare'):
+        return None
+    pid1 = ['unshare', '--pid', '--fork', '--mount-proc']
+    if os.geteuid() == 0:
+        return pid1
+    user = ['unshare', '--user', '--map-root-user', '--pid', '--fork', '--mount-proc']
+    return user if subprocess.run([*user, 'true'], capture_output=True).returncode == 0 else None
+
+
+def run_case(launcher: list[str], as_pid1: bool, delay: float, folder: str, sigterms: int = 1) -> dict:
     out = os.path.join(folder, f'rank_{len(os.listdir(folder))}.txt')
     script = os.path.join(folder, 'rank.py')
-    prefix = ['unshare', '--pid', '--fork', '--mount-proc'] if as_pid1 else []
+    prefix = pid1_prefix() if as_pid1 else []
+    if prefix is None:
+        raise RuntimeError('no PID namespace: unshare is missing or not allowed')
     wrapper = subprocess.Popen([*prefix, *launcher, '-n', '1', script, out, str(delay)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pid = launcher_pid(wrapper, as_pid1)
@@ -68,7 +85,11 @@ def run_case(launcher: list[str], as_pid1: bool, delay: float, folder: str) -> d
             raise RuntimeError(f'{launcher} exited with {wrapper.returncode} before the rank started')
         time.sleep(0.2)
     sent = time.time()
-    os.kill(pid, signal.SIGTERM)
+    for i in range(sigterms):
+        if i:
+            time.sleep(GAP_S)
+        if wrapper.poll() is None:
+            os.kill(pid, signal.SIGTERM)
     code = wrapper.wait(timeout=300)
     lines = open(out).read().split()
     return {'rank got SIGTERM': 'sigterm' in lines, 'rank finished': 'finished' in lines,
@@ -79,19 +100,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--delays', type=float, nargs='+', default=[2.0, 40.0],
                         help="seconds the rank's SIGTERM handler takes (a checkpoint's write time)")
+    parser.add_argument('--sigterms', type=int, nargs='+', default=[1, 2],
+                        help=f'how many SIGTERMs to send to the launcher, {GAP_S} s apart')
     args = parser.parse_args()
-    pid1 = [False, True] if os.geteuid() == 0 and shutil.which('unshare') else [False]
-    print('| launcher | PID 1 | handler s | rank got SIGTERM | rank finished | exit | s after SIGTERM |')
-    print('|---|---|---|---|---|---|---|')
+    pid1 = [False, True] if pid1_prefix() is not None else [False]
+    print('| launcher | PID 1 | SIGTERMs | handler s | rank got SIGTERM | rank finished | exit | s after SIGTERM |')
+    print('|---|---|---|---|---|---|---|---|')
     with tempfile.TemporaryDirectory() as folder:
         with open(os.path.join(folder, 'rank.py'), 'w') as f:
             f.write(RANK_SCRIPT)
         for name, launcher in LAUNCHERS.items():
             for as_pid1 in pid1:
-                for delay in args.delays:
-                    r = run_case(launcher, as_pid1, delay, folder)
-                    print(f'| `{name}` | {"yes" if as_pid1 else "no"} | {delay:g} | {r["rank got SIGTERM"]} | '
-                          f'{r["rank finished"]} | {r["exit"]} | {r["seconds"]:.1f} |', flush=True)
+                for sigterms in args.sigterms:
+                    for delay in args.delays:
+                        r = run_case(launcher, as_pid1, delay, folder, sigterms)
+                        print(f'| `{name}` | {"yes" if as_pid1 else "no"} | {sigterms} | {delay:g} | '
+                              f'{r["rank got SIGTERM"]} | {r["rank finished"]} | {r["exit"]} | {r["seconds"]:.1f} |',
+                              flush=True)
 
 
 if __name__ == '__main__':

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 import torch
 from composer.core import Callback
@@ -29,6 +30,7 @@ from prefix_composer.runtime.checkpoints import (
     CORRUPT_SUFFIX,
     LATEST_NAME,
     checkpoint_files,
+    checkpoint_problem,
     prepare_autoresume,
     prune_checkpoints,
     select_resume_checkpoint,
@@ -206,20 +208,31 @@ def test_sigkill_at_batches_between_and_on_checkpoints_resumes_bitwise_identical
 
 
 # -- guarantee 2: SIGTERM to the launcher --------------------------------------------------
-def test_sigterm_saves_the_current_batch_and_exits_zero(tmp_path, tiny_mds, straight_run):
+def test_repeated_sigterms_save_the_current_batch_once_and_exit_zero(tmp_path, tiny_mds, straight_run):
+    """SIGTERM to the launcher, then 0.5 s later to the launcher and its rank, then both once more:
+    the rank finishes the batch it is on, saves one complete checkpoint of it and everything exits 0."""
     launcher = (sys.executable, '-m', 'prefix_composer.runtime.launcher')
     proc = start(tmp_path, tiny_mds, 'c1', launcher=launcher)
     wait_for(lambda: last_logged_batch(tmp_path) >= SAVE_EVERY + 1, proc, f'batch {SAVE_EVERY + 1}')
     seen = last_logged_batch(tmp_path)
-    signalled = time.monotonic()
+    rank = psutil.Process(proc.pid).children()[0].pid
     os.kill(proc.pid, signal.SIGTERM)  # the launcher only, as Kubernetes signals PID 1
+    for _ in range(2):  # repeated, and straight to the rank too, as a user's kill might
+        time.sleep(0.5)
+        for pid in (proc.pid, rank):
+            if proc.poll() is None and psutil.pid_exists(pid):
+                os.kill(pid, signal.SIGTERM)
     assert finish(proc) == 0, proc.log_path.read_text()[-5000:]
-    took = time.monotonic() - signalled
-    stopped = int(re.search(r'Preempted: stopping at batch (\d+)', proc.log_path.read_text()).group(1))
+    log = proc.log_path.read_text()
+    assert len(re.findall(r'Preempted: stopping at batch', log)) == 1, log[-5000:]
+    stopped, saved_after = re.search(r'Preempted: stopping at batch (\d+) with its checkpoint saved, ([\d.]+) s after', log).groups()
+    stopped = int(stopped)
     assert seen < stopped < MAX_BATCHES  # the batch running at SIGTERM was finished, no later one
     assert ckpt(tmp_path, stopped).exists() and os.readlink(folder(tmp_path) / LATEST_NAME) == ckpt(tmp_path, stopped).name
+    assert checkpoint_problem(str(ckpt(tmp_path, stopped))) is None
+    assert not [n for n in os.listdir(folder(tmp_path)) if n.startswith('partial-')]
     assert last_logged_batch(tmp_path) == stopped
-    assert took < 30, f'SIGTERM to exit took {took:.1f} s, more than the 30 s grace'
+    assert float(saved_after) < 30, f'SIGTERM to saved took {saved_after} s, more than the 30 s grace'
 
     log = run_to_end(tmp_path, tiny_mds, 'c2')
     assert f'Autoresume checkpoint: {ckpt(tmp_path, stopped)}' in log

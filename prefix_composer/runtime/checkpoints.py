@@ -9,6 +9,12 @@ truncated checkpoint (Composer's conflict check then refuses every restart) or n
   ``latest-rank0.pt`` atomically (new symlink ``partial-latest-rank0.pt``, ``os.replace``), and only
   then deletes old checkpoints: the folder-wide newest ``save_num_checkpoints_to_keep`` are kept,
   including those of earlier (preempted) processes, which Composer's own rotation forgets.
+* A save that fails (a full disk: torch says only "file write failed") deletes its ``partial-*`` file
+  and raises ``OSError`` naming the file, ENOSPC where the disk is full, the device and its free
+  space; the checkpoints already saved and ``latest-rank0.pt`` are untouched.
+* ``check_checkpoint_space(folder)`` (pre-flight, after ``remove_partial_files``): the filesystem must
+  have room for one more checkpoint of the size of the newest one, else ``OSError`` saying how many
+  MB to free on which device, before a run that could only fail at its first save starts.
 * ``prepare_autoresume(cfg)`` (pre-flight, before the Trainer exists) deletes stale ``partial-*``
   files, checks the checkpoints newest-first (zip CRC of every entry: ``torch.save`` files are zip
   archives, so a truncated or damaged file fails), renames broken ones to ``<name>.corrupt`` with a
@@ -21,9 +27,11 @@ are handled; other set-ups keep Composer's behaviour.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
+import shutil
 import zipfile
 from typing import Optional
 
@@ -33,6 +41,8 @@ from composer.loggers import Logger, RemoteUploaderDownloader
 from composer.utils import checkpoint, format_name_with_dist, parse_uri
 from omegaconf import DictConfig
 
+from prefix_composer.runtime.run_folder import no_space_advice
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILENAME = 'ep{epoch}-ba{batch}-rank{rank}.pt'  # llm-foundry's default save_filename
@@ -41,6 +51,9 @@ CHECKPOINT_PATTERN = re.compile(r'^ep(\d+)-ba(\d+)-rank0\.pt$')
 LATEST_NAME = 'latest-rank0.pt'
 PARTIAL_PREFIX = 'partial-'  # in front of the name, so Composer still sees a .pt file
 CORRUPT_SUFFIX = '.corrupt'
+# A failed save with less than this free on its filesystem failed for want of space: torch's zip
+# writer reports ENOSPC only as "file write failed", without the errno.
+FULL_DISK_BYTES = 1 << 20
 
 
 def checkpoint_files(folder: str) -> list[str]:
@@ -99,6 +112,41 @@ def remove_partial_files(folder: str) -> list[str]:
     if removed:
         log.warning('Removed unfinished checkpoint writes in %s: %s', folder, ', '.join(removed))
     return removed
+
+
+def check_checkpoint_space(folder: str) -> None:
+    """Raise ``OSError`` (ENOSPC) when the filesystem of ``folder`` has less free space than the newest
+    complete checkpoint in it takes, i.e. the next save would fail; the message says how many MB to
+    free on which device. Nothing to compare with (no checkpoint yet): no check."""
+    if not os.path.isdir(folder):
+        return
+    newest = checkpoint_files(folder)[:1]
+    if not newest:
+        return
+    needed = os.path.getsize(newest[0])
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise OSError(errno.ENOSPC, f'save_folder {folder} has no room for the next checkpoint: it needs '
+                                    f'{needed / 1e6:.1f} MB (the size of {os.path.basename(newest[0])}), '
+                                    f'{no_space_advice(folder)}. Free {(needed - free) / 1e6:.1f} MB on that device and '
+                                    f'restart; keep the checkpoints in {folder}, they are where the run resumes from '
+                                    '(moving save_folder elsewhere would start it again from batch 0).')
+
+
+def failed_save(path: str, error: BaseException) -> OSError:
+    """Delete the half-written ``path`` and return the error to raise: ENOSPC with the device's free
+    space when the disk is full (``FULL_DISK_BYTES``), else the path and ``error``."""
+    if os.path.lexists(path):
+        os.remove(path)
+    folder = os.path.dirname(path)
+    kept = 'the checkpoints saved before it are intact and latest-rank0.pt still points at the newest'
+    if shutil.disk_usage(folder).free < FULL_DISK_BYTES:
+        return OSError(errno.ENOSPC, f'Saving checkpoint {path} failed: no space left on device (ENOSPC), '
+                                     f'{no_space_advice(folder)} ({type(error).__name__}: {error}). The partial file '
+                                     f'was removed; {kept}. Free space on that device and restart: the run resumes '
+                                     'from the newest checkpoint.')
+    return OSError(f'Saving checkpoint {path} failed ({type(error).__name__}: {error}). The partial file was '
+                   f'removed; {kept}.')
 
 
 def select_resume_checkpoint(folder: str) -> Optional[str]:
@@ -188,8 +236,11 @@ class AtomicCheckpointSaver(CheckpointSaver):
         template = self.filename.format(state, keep_placeholders=True)
         final = checkpoint.get_save_filename(state, template)
         self.all_saved_checkpoints_to_timestamp[final] = state.timestamp
-        written = checkpoint.save_checkpoint(state, partial_path(template), weights_only=self.weights_only,
-                                             ignore_keys=self.ignore_keys)
+        try:
+            written = checkpoint.save_checkpoint(state, partial_path(template), weights_only=self.weights_only,
+                                                 ignore_keys=self.ignore_keys)
+        except (OSError, RuntimeError) as e:
+            raise failed_save(partial_path(final), e) from e
         if not written:  # only rank 0 writes a monolithic checkpoint
             return
         fsync_path(written)

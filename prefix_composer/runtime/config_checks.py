@@ -1,7 +1,11 @@
-"""Unknown keys in the YAML blocks that the training stack takes without checking, refused before
-anything is built: ``model.config`` (``LlamaConfig`` keeps any key, so ``hiden_size`` would leave
-HF's default 4096 in place) and the ``dataset`` block of every ``text`` loader, with its ``streams``
-(llm-foundry hands on only the keys its dataset classes take and drops the rest).
+"""YAML entries that the training stack takes without checking, refused before anything is built.
+
+* Unknown keys: in ``model.config`` (``LlamaConfig`` keeps any key, so ``hiden_size`` would leave
+  HF's default 4096 in place) and in the ``dataset`` block of every ``text`` loader, with its
+  ``streams`` (llm-foundry hands on only the keys its dataset classes take and drops the rest).
+* Durations that cannot work: ``max_duration`` of 0 or less (Composer's error would advise
+  ``Trainer.fit(reset_time=True)``) and a ``save_interval`` that never fires (Composer skips an
+  interval of 0 or less at every batch, the last one too, so nothing is ever saved).
 """
 
 from __future__ import annotations
@@ -9,8 +13,10 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import logging
 from typing import Callable
 
+from composer.core import Time, TimeUnit
 from llmfoundry.data.text_data import StreamingTextDataset
 from omegaconf import DictConfig
 from omegaconf import OmegaConf as om
@@ -18,6 +24,8 @@ from streaming import Stream, StreamingDataset
 from transformers import LlamaConfig
 
 from prefix_composer.config import run_loaders
+
+log = logging.getLogger(__name__)
 
 # PretrainedConfig kwargs that it stores under another name (so not among LlamaConfig().to_dict()'s keys).
 PRETRAINED_CONFIG_RENAMED = ('attn_implementation', 'name_or_path', 'num_labels')
@@ -81,3 +89,35 @@ def check_config_keys(cfg: DictConfig) -> None:
                                      'streaming.Stream')
     if messages:
         raise ValueError('\n'.join(messages))
+
+
+def parsed_time(cfg: DictConfig, key: str, example: str) -> Time:
+    """``cfg[key]`` as a Composer ``Time`` (an integer counts epochs, as in Composer); ``ValueError`` naming it otherwise."""
+    value = cfg.get(key)
+    try:
+        return Time.from_input(value, TimeUnit.EPOCH)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f'{key}={value!r} is not a Composer duration ({e}); write a number and a unit, '
+                         f'e.g. {key}={example} (units: ba, ep, tok, sp, dur).') from None
+
+
+def check_durations(cfg: DictConfig) -> None:
+    """Refuse ``max_duration`` <= 0 and, when checkpoints are saved (``save_folder``), a ``save_interval``
+    <= 0; warn when ``save_interval`` is longer than ``max_duration`` (one checkpoint, at the end)."""
+    max_duration = parsed_time(cfg, 'max_duration', '1000ba')
+    if max_duration.value <= 0:
+        raise ValueError(f'max_duration={cfg.max_duration} trains nothing. Set max_duration to the length of the run, '
+                         'e.g. max_duration=1000ba; to extend a resumed run, set it above the batches already trained '
+                         '(the batch count continues from the checkpoint).')
+    if not cfg.get('save_folder') or cfg.get('save_interval') is None:
+        return
+    interval = parsed_time(cfg, 'save_interval', '500ba')
+    if interval.value <= 0:
+        raise ValueError(f'save_interval={cfg.save_interval} never saves a checkpoint: Composer skips an interval of 0 '
+                         'at every batch, the last one too, so every preemption or crash would restart the run from '
+                         'batch 0. Set save_interval to a positive duration, e.g. save_interval=500ba.')
+    if (interval.unit == TimeUnit.DURATION and interval.value > 1) or \
+            (interval.unit == max_duration.unit and interval.value > max_duration.value):
+        log.warning('save_interval=%s is longer than max_duration=%s: the only checkpoint is the one at the end, so a '
+                    'crash restarts the run from batch 0. Set a shorter save_interval to be able to resume.',
+                    cfg.save_interval, cfg.max_duration)

@@ -2,9 +2,10 @@
 
 Everything that can be checked before the first batch is checked here or while the Trainer is
 built (objective arguments, model vocab, lm-eval tasks). Here, in order: keys that nothing would
-read (``config_checks``), FSDP with the fused loss, then (pre-flight) writable output folders, the
-run-folder lock, the checkpoints autoresume will load and the experiment they belong to, stale
-shared memory, and the MDS data against the run and its shard files.
+read and durations that cannot work (``config_checks``), FSDP with the fused loss, then
+(pre-flight) the run-folder lock, room for a checkpoint and writable output folders, the
+checkpoints autoresume will load and the experiment they belong to, stale shared memory, and the
+MDS data against the run and its shard files.
 """
 
 from __future__ import annotations
@@ -23,8 +24,13 @@ from omegaconf import OmegaConf as om
 from prefix_composer.config import load_config
 from prefix_composer.data.manifest import check_run_data
 from prefix_composer.evaluation.records import default_records_folder
-from prefix_composer.runtime.checkpoints import local_save_folder, prepare_autoresume
-from prefix_composer.runtime.config_checks import check_config_keys
+from prefix_composer.runtime.checkpoints import (
+    check_checkpoint_space,
+    local_save_folder,
+    prepare_autoresume,
+    remove_partial_files,
+)
+from prefix_composer.runtime.config_checks import check_config_keys, check_durations
 from prefix_composer.runtime.experiment import check_experiment, take_allowed_changes
 from prefix_composer.runtime.multinode import install_node_signal_file_name
 from prefix_composer.runtime.run_folder import check_writable, lock_run_folder
@@ -61,11 +67,19 @@ def output_folders(cfg: DictConfig, save_folder: Optional[str]) -> list[tuple[st
 
 
 def checked_save_folder(cfg: DictConfig) -> Optional[str]:
-    """Global rank 0's checks of the output folders (all writable); returns the local save_folder to lock."""
+    """Global rank 0's checks of the output folders; returns the local save_folder (None: none or remote).
+
+    Run under the run folder's lock: first the ``partial-*`` leftovers of an interrupted save are
+    deleted (on a full disk they are what fills it), then the save_folder must have room for one
+    more checkpoint (``check_checkpoint_space``), then every output folder must be writable.
+    """
     save_folder = local_save_folder(cfg)
     if cfg.get('save_folder') and save_folder is None:
         log.warning('save_folder %s is remote: its checkpoints, run lock and experiment record are not checked '
                     'at start-up.', cfg.save_folder)
+    if save_folder and os.path.isdir(save_folder):
+        remove_partial_files(save_folder)
+        check_checkpoint_space(save_folder)
     for key, folder in output_folders(cfg, save_folder):
         check_writable(key, folder)
     return save_folder
@@ -75,15 +89,18 @@ def checked_save_folder(cfg: DictConfig) -> Optional[str]:
 def preflight(cfg: DictConfig, allowed_changes: Sequence[str] = ()) -> Iterator[None]:
     """Checks that need no Trainer, then holds the run folder's lock while the caller trains.
 
-    Global rank 0: every output folder is writable; the save_folder is locked for this process
-    (another live run on it stops this one); autoresume will load the newest intact checkpoint
-    (broken or half-written ones set aside); a resumed run is the experiment that wrote the
-    checkpoints (``check_experiment``, ``allowed_changes`` let through). Local rank 0 of every node:
-    stale Streaming shared memory is removed. Every rank: the MDS data was made for this tokenizer
-    and max_seq_len, and its shard files are whole.
+    Global rank 0: the save_folder is locked for this process (another live run on it stops this
+    one); ``checked_save_folder`` (leftovers of an interrupted save deleted, room for a checkpoint,
+    every output folder writable); autoresume will load the newest intact checkpoint (broken ones
+    set aside); a resumed run is the experiment that wrote the checkpoints (``check_experiment``,
+    ``allowed_changes`` let through). Local rank 0 of every node: stale Streaming shared memory is
+    removed. Every rank: the MDS data was made for this tokenizer and max_seq_len, and its shard
+    files are whole.
     """
-    save_folder = checked_save_folder(cfg) if dist.get_global_rank() == 0 else None
+    save_folder = local_save_folder(cfg) if dist.get_global_rank() == 0 else None
     with lock_run_folder(save_folder) if save_folder else nullcontext():
+        if dist.get_global_rank() == 0:
+            checked_save_folder(cfg)
         if save_folder:
             check_experiment(cfg, save_folder, resuming=prepare_autoresume(cfg) is not None, allowed=allowed_changes)
         if dist.get_local_rank() == 0:
@@ -107,6 +124,7 @@ def main(argv: Sequence[str]) -> None:
     allowed_changes = take_allowed_changes(cfg)
     configure_logging(cfg)
     check_config_keys(cfg)
+    check_durations(cfg)
     check_parallelism(cfg)
     # With several ranks build_tokenizer (pre-flight) synchronises them, so the process group must
     # exist first; llm-foundry's train() finds it initialised.

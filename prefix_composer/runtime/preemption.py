@@ -113,7 +113,9 @@ class GracefulPreemption(Callback):
         self.exit_pending = True
 
     def close(self, state: State, logger: Logger) -> None:
-        if self.previous_handler is not None:
+        # After a SIGTERM the process is on its way out: keep ignoring repeated SIGTERMs to the end
+        # (the previous handler, Composer's, would exit 143 in the middle of the exit).
+        if self.previous_handler is not None and self.signal_time is None:
             signal.signal(signal.SIGTERM, self.previous_handler)
             self.previous_handler = None
 
