@@ -132,3 +132,27 @@ def test_a_negative_token_id_fails_the_training_forward(tokenizer):
         model({'input_ids': torch.tensor([[5, -3, 17, 128255]])})
     assert model({'input_ids': torch.tensor([[5, 0, 17, 128255]])}).hidden_states.shape == (1, 4, 32)  # in range: runs
 
+
+@pytest.mark.parametrize('loss_impl', ['fused', 'logits'])
+def test_a_train_metric_sees_the_logits_of_the_training_weights(loss_impl, tokenizer):
+    """Composer hands the training outputs to train metrics after the backward; the loss has consumed
+    them (no logits on the fused path, log_softmax then the gradient on the logits path). The model
+    scores the metric on a fresh forward instead: LanguageCrossEntropy equals the loss's own NLL."""
+    from composer import Trainer
+    from composer.loggers import InMemoryLogger
+    from composer.metrics.nlp import LanguageCrossEntropy
+
+    from lm_eval_helpers import token_loader
+
+    model = tiny_model(tokenizer)
+    model.loss_impl = loss_impl
+    model.train_metrics = {'LanguageCrossEntropy': LanguageCrossEntropy()}
+    memory = InMemoryLogger()
+    Trainer(model=model, train_dataloader=token_loader(tokenizer, samples=8, batch_size=4), max_duration='2ba',
+            optimizers=torch.optim.AdamW(model.parameters(), lr=1e-2), loggers=[memory], device='cpu', seed=17,
+            progress_bar=False, log_to_console=False).fit()
+    metric = [float(v) for _, v in memory.data['metrics/train/LanguageCrossEntropy']]
+    nll = [float(v) for _, v in memory.data['loss/train/nll']]
+    assert len(nll) == 2 and len(metric) >= 2  # one per batch (Composer logs the last again at the epoch's end)
+    assert metric[:2] == pytest.approx(nll, rel=1e-5)
+    assert 10.0 < metric[0] < 13.0  # about ln(128,256) = 11.76 at initialisation, not a gradient's scale
