@@ -1,4 +1,4 @@
-"""Time writing a checkpoint of each brief's model: ``uv run python scripts/bench_checkpoint.py [yamls...] [--dir D]``.
+"""Time writing a checkpoint of each family's model: ``uv run python scripts/bench_checkpoint.py [yamls...] [--dir D]``.
 
 The bulk of a Composer checkpoint is the model's fp32 weights and DecoupledAdamW's two moments
 (3 copies of the parameters); this builds the YAML's ``LlamaForCausalLM``, fills the optimizer's

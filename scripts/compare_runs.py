@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('runs', nargs='+', metavar='RUN_FOLDER', help='run folders, or folders of run folders')
     parser.add_argument('--baseline', default='ce', help='variant (run name without _seed<k>) or objective to compare '
-                                                          'against (default ce: in brief 000 it is b000_ce)')
+                                                          'against (default ce: in the ~500M family it is b000_ce)')
     parser.add_argument('--at-tokens', type=int, help='compare at this evaluation (every run must have records there)')
     parser.add_argument('--adjust', choices=sorted(METHOD_NAMES), default='holm',
                         help='adjustment of the headline family (the exploratory rows always get BH)')

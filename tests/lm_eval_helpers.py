@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import lm_eval
@@ -117,9 +118,11 @@ def train_tiny(tokenizer, max_duration: str, callbacks=(), attention_dropout: fl
 
 
 def load_script(name: str):
-    """``scripts/<name>.py`` as a module (its ``main`` runs in this process)."""
+    """``scripts/<name>.py`` as a module (its ``main`` runs in this process), registered in
+    ``sys.modules`` as importlib's recipe has it (dataclasses look their module up there)."""
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'scripts', f'{name}.py'))
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 

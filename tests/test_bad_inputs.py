@@ -1,6 +1,7 @@
 """Inputs refused before the model is built, each with the message that says what to fix.
 
-The tables ``CONFIG_KEY_REFUSALS`` (override of yamls/smoke_cpu.yaml), ``OBJECTIVE_REFUSALS``
+The tables (owned by scripts/bad_inputs_table.py, which writes them to docs/bad_inputs.md)
+``CONFIG_KEY_REFUSALS`` (override of yamls/smoke_cpu.yaml), ``OBJECTIVE_REFUSALS``
 (``algorithms.prefix_smoothing`` arguments), ``NUMBER_REFUSALS`` (component, arguments) and
 ``SHARD_REFUSALS`` (damage to a shard, compression) pair each input with the expected message
 fragment: a plain substring of the ``ValueError``'s message (in ``SHARD_REFUSALS`` a format string:
@@ -9,28 +10,28 @@ fragment: a plain substring of the ``ValueError``'s message (in ``SHARD_REFUSALS
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from omegaconf import OmegaConf as om
-from streaming import MDSWriter
 
 from prefix_composer.config import load_config
-from prefix_composer.data.manifest import COLUMNS, MANIFEST_NAME, MDS_FORMAT, check_run_data
-from prefix_composer.tokenizer import tokenizer_content_hash
+from prefix_composer.data.manifest import check_run_data
 from prefix_composer.objectives.targets import ObjectiveSpec
 from prefix_composer.runtime.config_checks import check_config_keys
-from prefix_composer.runtime.preemption import GracefulPreemption
 from prefix_composer.training.algorithm import PrefixSmoothing
 from prefix_composer.training.eps_schedule import objective_spec
 
+from lm_eval_helpers import load_script
+
 REPO = Path(__file__).resolve().parent.parent
-SMOKE = str(REPO / 'yamls' / 'smoke_cpu.yaml')
+CASES = load_script('bad_inputs_table')  # the cases' owner (docs/bad_inputs.md is its table of them)
+SMOKE, SEQ, build_mds, shard_file = CASES.SMOKE, CASES.SEQ, CASES.build_mds, CASES.shard_file
+CONFIG_KEY_REFUSALS, OBJECTIVE_REFUSALS, NUMBER_REFUSALS = CASES.CONFIG_KEY_REFUSALS, CASES.OBJECTIVE_REFUSALS, CASES.NUMBER_REFUSALS
+SHARD_DAMAGE, SHARD_REFUSALS = CASES.SHARD_DAMAGE, CASES.SHARD_REFUSALS
 COMMITTED_YAMLS = sorted(str(p.relative_to(REPO)) for folder in ('', 'replicas', 'base') for p in (REPO / 'yamls' / folder).glob('*.yaml'))
 REBUILD = 'rebuild the data: scripts/create_mds.py --run-config <the run YAML> --overwrite.'
 
@@ -41,21 +42,7 @@ def refusal(call, *args, **kwargs) -> str:
     return str(error.value)
 
 
-# -- 16.2: keys that nothing reads ---------------------------------------------------------------
-
-CONFIG_KEY_REFUSALS = [  # (override of yamls/smoke_cpu.yaml, message fragment)
-    ('model.config.num_hiden_layers=1',
-     'model.config.num_hiden_layers is not a key of transformers.LlamaConfig (did you mean num_hidden_layers?); '
-     'it would be ignored. Fix or remove it in the YAML or the override.'),
-    ('model.config.hiden_size=64', 'model.config.hiden_size is not a key of transformers.LlamaConfig (did you mean hidden_size?)'),
-    ('train_loader.dataset.shufle=false',
-     "train_loader.dataset.shufle is not a key of llm-foundry's text dataset (StreamingTextDataset, StreamingDataset) "
-     '(did you mean shuffle?); it would be ignored.'),
-    ('eval_loader.dataset.max_seq_length=128', 'eval_loader.dataset.max_seq_length is not a key of llm-foundry\'s text '
-     'dataset (StreamingTextDataset, StreamingDataset) (did you mean max_seq_len?)'),
-    ('train_loader.dataset.streams.web.locl=/data',
-     'train_loader.dataset.streams.web.locl is not a key of streaming.Stream (did you mean local?)'),
-]
+# -- keys that nothing reads -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize('override, message', CONFIG_KEY_REFUSALS)
@@ -84,54 +71,7 @@ def test_composer_cli_refuses_a_model_config_typo_before_training(tmp_path):
     assert 'Starting training' not in output and not (tmp_path / 'smoke_cpu').exists()
 
 
-# -- 16.3: arguments that do nothing, booleans for numbers -------------------------------------
-
-OBJECTIVE_REFUSALS = [  # (ObjectiveSpec / algorithms.prefix_smoothing arguments, message fragment)
-    (dict(objective='ce', eps=0.5),
-     "algorithms.prefix_smoothing.eps=0.5 has no effect on objective 'ce'; remove algorithms.prefix_smoothing.eps (or set "
-     "it to 0.0) or use an objective that reads eps (label_smoothing, prefix_simple, prefix_softmax, prefix_softmax_norm)."),
-    (dict(objective='ce', tau=2.0),
-     "algorithms.prefix_smoothing.tau=2.0 has no effect on objective 'ce'; remove algorithms.prefix_smoothing.tau (or set "
-     "it to 1.0) or use an objective that reads tau (prefix_softmax, prefix_softmax_norm)."),
-    (dict(objective='ce', support='strict'),
-     "algorithms.prefix_smoothing.support='strict' has no effect on objective 'ce'; remove algorithms.prefix_smoothing.support "
-     "(or set it to 'inclusive') or use an objective that reads support (prefix_softmax, prefix_softmax_norm)."),
-    (dict(objective='label_smoothing', eps=0.1, tau=0.5),
-     "algorithms.prefix_smoothing.tau=0.5 has no effect on objective 'label_smoothing'; remove algorithms.prefix_smoothing.tau"),
-    (dict(objective='label_smoothing', eps=0.1, support='strict'),
-     "algorithms.prefix_smoothing.support='strict' has no effect on objective 'label_smoothing'"),
-    (dict(objective='prefix_simple', eps=0.1, tau=0.05),
-     "algorithms.prefix_smoothing.tau=0.05 has no effect on objective 'prefix_simple'; remove algorithms.prefix_smoothing.tau"),
-    (dict(objective='prefix_simple', eps=0.1, support='strict'),
-     "algorithms.prefix_smoothing.support='strict' has no effect on objective 'prefix_simple'"),
-    (dict(objective='prefix_softmax', eps=True), 'algorithms.prefix_smoothing.eps must be a number in [0, 1] or a schedule'),
-    (dict(objective='prefix_softmax', eps=1.0, tau=True), 'algorithms.prefix_smoothing.tau must be a finite number > 0, got True.'),
-    # eps schedules (objectives/schedule.py): every value in [0, 1], t1 <= t2 in one unit, dur <= 1, known names and units
-    (dict(objective='prefix_softmax', eps={'schedule': 'ptp', 'value': 1.5, 't1': '0.3dur', 't2': '0.6dur'}),
-     'algorithms.prefix_smoothing.eps.value must be a number in [0, 1] (the largest eps of the schedule), got 1.5.'),
-    (dict(objective='prefix_softmax', eps={'schedule': 'linear', 'value': -0.1}),
-     'algorithms.prefix_smoothing.eps.value must be a number in [0, 1] (the largest eps of the schedule), got -0.1.'),
-    (dict(objective='prefix_softmax', eps={'schedule': 'ptp', 'value': 0.2, 't1': '0.6dur', 't2': '0.3dur'}),
-     'algorithms.prefix_smoothing.eps: t2=0.3dur is before t1=0.6dur; the decay ends at t2, so set t2 >= t1.'),
-    (dict(objective='prefix_softmax', eps={'schedule': 'ptp', 'value': 0.2, 't1': '10ba', 't2': '0.5dur'}),
-     'algorithms.prefix_smoothing.eps: t1=10ba and t2=0.5dur must be in the same unit.'),
-    (dict(objective='prefix_softmax', eps={'schedule': 'linear', 'value': 0.2, 't2': '1.5dur'}),
-     'algorithms.prefix_smoothing.eps.t2=1.5dur: a dur time is a fraction of max_duration, in [0, 1].'),
-    (dict(objective='prefix_softmax', eps={'schedule': 'linear', 'value': 0.2, 't2': '2ep'}),
-     "algorithms.prefix_smoothing.eps.t2=2ep: unit 'ep' is not allowed; use dur, ba, tok"),
-    (dict(objective='prefix_softmax', eps={'schedule': 'linear', 'value': 0.2, 't2': '0.5days'}),
-     "algorithms.prefix_smoothing.eps.t2='0.5days' is not a Composer time with a unit; write e.g. 0.5dur"),
-    (dict(objective='prefix_softmax', eps={'schedule': 'cosine', 'value': 0.2}),
-     "algorithms.prefix_smoothing.eps.schedule: unknown schedule 'cosine'; choose one of constant, linear, ptp."),
-    (dict(objective='prefix_softmax', eps={'schedule': 'ptp', 'value': 0.2, 't2': '0.5dur'}),
-     "algorithms.prefix_smoothing.eps.t1 is missing: schedule 'ptp' takes t1, t2"),
-    (dict(objective='prefix_softmax', eps={'schedule': 'constant', 'value': 0.2, 't1': '5ba'}),
-     "algorithms.prefix_smoothing.eps.t1=5ba has no effect on schedule 'constant'; remove it."),
-    (dict(objective='label_smoothing', eps={'schedule': 'ptp', 'value': 0.2, 't1': '3ba', 't2': '6ba', 't3': '9ba'}),
-     "algorithms.prefix_smoothing.eps: unknown keys ['t3'] in the schedule; it takes schedule, value, t1, t2."),
-    (dict(objective='ce', eps={'schedule': 'constant', 'value': 0.2}),
-     "algorithms.prefix_smoothing.eps={'schedule': 'constant', 'value': 0.2} has no effect on objective 'ce'"),
-]
+# -- arguments that do nothing, booleans for numbers ------------------------------------------
 
 
 @pytest.mark.parametrize('arguments, message', OBJECTIVE_REFUSALS)
@@ -175,66 +115,16 @@ def test_committed_yaml_objective_block_validates(yaml):
     assert PrefixSmoothing(**block).spec == objective_spec(**block)
 
 
-NUMBER_REFUSALS = [  # (component, arguments, message fragment)
-    (PrefixSmoothing, dict(objective='prefix_softmax', eps=0.1, warn_off_gold_below=True),
-     'algorithms.prefix_smoothing.warn_off_gold_below must be a number >= 0, got True.'),
-    (GracefulPreemption, dict(grace_seconds=True),
-     'callbacks.graceful_preemption.grace_seconds must be a number of seconds > 0, got True.'),
-]
-
-
 @pytest.mark.parametrize('component, arguments, message', NUMBER_REFUSALS, ids=lambda x: getattr(x, '__name__', None))
 def test_boolean_for_a_number_is_refused(component, arguments, message):
     assert message in refusal(component, **arguments)
 
 
-# -- 16.4: damaged MDS shards -------------------------------------------------------------------
-
-SEQ = 32
-SAMPLES = 60
-
-
-def write_split(folder: Path, compression: str | None = None) -> None:
-    """SAMPLES samples of SEQ int32 ids in shards of about 2 KB (several shards per split)."""
-    with MDSWriter(out=str(folder), columns=COLUMNS, compression=compression, size_limit=1 << 11) as writer:
-        for i in range(SAMPLES):
-            writer.write({'tokens': np.arange(i, i + SEQ, dtype=np.int32)})
-
-
-def build_mds(root: Path, tokenizer, compression: str | None = None) -> Path:
-    """train (3+ shards) and val MDS splits with the manifest create_mds writes, as far as the training check reads it."""
-    write_split(root / 'train', compression)
-    write_split(root / 'val', compression)
-    manifest = {'format': MDS_FORMAT, 'splits': {'train': {}, 'val': {}},
-                'config': {'tokenizer': {'name': 'llama3_packaged', 'content_sha256': tokenizer_content_hash(tokenizer)},
-                           'max_seq_len': SEQ, 'compression': compression}}
-    (root / MANIFEST_NAME).write_text(json.dumps(manifest))
-    return root
-
+# -- damaged MDS shards --------------------------------------------------------------------------
 
 @pytest.fixture
 def mds(tmp_path, tokenizer):
     return lambda compression=None: build_mds(tmp_path / 'mds', tokenizer, compression)
-
-
-def shard_file(split: Path, k: int) -> Path:
-    """The file of shard ``k`` that is on disk: the zip of a compressed split, else the raw ``.mds``."""
-    info = json.loads((split / 'index.json').read_text())['shards'][k]
-    return split / (info['zip_data'] or info['raw_data'])['basename']
-
-
-SHARD_DAMAGE = {
-    'truncated to 100 bytes': lambda path: os.truncate(path, 100),
-    'tail cut off': lambda path: os.truncate(path, path.stat().st_size - 3 * SEQ * 4),
-    'missing': os.remove,
-}
-DAMAGED = 'train_loader: damaged MDS data: {shard} '
-SHARD_REFUSALS = [  # (damage to shard 1 of train, compression, message fragment)
-    ('truncated to 100 bytes', None, DAMAGED + 'has 100 bytes, {index} records {recorded:,}'),
-    ('tail cut off', None, DAMAGED + 'has {size:,} bytes, {index} records {recorded:,}'),
-    ('missing', None, DAMAGED + 'is missing'),
-    ('truncated to 100 bytes', 'zstd', DAMAGED + 'has 100 bytes, {index} records {recorded:,}'),
-]
 
 
 @pytest.mark.parametrize('damage, compression, message', SHARD_REFUSALS)

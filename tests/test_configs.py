@@ -1,5 +1,5 @@
 """Experiment YAMLs: generated from their family base, identical except for the objective, with
-the briefs' constants and a parameter count that a fresh count reproduces; same data order for
+the specified constants and a parameter count that a fresh count reproduces; same data order for
 replica k of every variant, another order (and init seed) for another replica."""
 
 from __future__ import annotations

@@ -94,3 +94,20 @@ def test_the_checker_resolves_relative_imports(tmp_path):
     module.write_text('from ..training.model import PrefixLlamaForCausalLM\nfrom . import rows\n')
     found = imported_modules(module, tmp_path)
     assert 'prefix_composer.training.model' in found and 'prefix_composer.losses.rows' in found
+
+
+def test_scripts_never_import_the_tests():
+    """Scripts may import the package, never a module of ``tests/`` (nor put that folder on the path)."""
+    repo = Path(__file__).resolve().parent.parent
+    test_modules = {p.stem for p in (repo / 'tests').glob('*.py')}
+    offenders = []
+    for script in sorted((repo / 'scripts').glob('*.py')):
+        source = script.read_text()
+        tree = ast.parse(source, filename=str(script))
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ''] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            offenders += [f'{script.name} imports {n}' for n in names if n.split('.')[0] in test_modules]
+        if "/ 'tests'" in source or "'tests')" in source:
+            offenders.append(f'{script.name} puts tests/ on the path')
+    assert not offenders, offenders

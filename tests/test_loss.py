@@ -131,6 +131,23 @@ def test_gradient_overwrites_the_logits_in_place():
     assert torch.allclose(z.grad.sum(-1), torch.zeros(6), atol=1e-6)  # softmax - q sums to 0 per row
 
 
+def test_a_node_that_saved_the_logits_cannot_use_the_overwritten_values():
+    """The consumed logits are never read silently by autograd: a node that saved them before the
+    loss (here ``z**2``) raises at backward, because the loss's writes bumped their version."""
+    table = build_target_table(PIECES, SPECIALS, ObjectiveSpec('prefix_softmax', eps=0.5))
+    logits, labels = example(6, PADDED_VOCAB, torch.float32)
+    leaf = logits.clone().requires_grad_()
+    z = leaf * 1.0  # the model's logits are not a leaf
+    squares = (z ** 2).sum()
+    loss, _ = soft_target_cross_entropy(z, labels, table.lookup(labels, IGNORE), IGNORE)
+    with pytest.raises(RuntimeError, match='modified by an inplace operation'):
+        (loss + squares).backward()
+    # without the other node the same graph backpropagates: the loss alone is fine
+    z = leaf * 1.0
+    soft_target_cross_entropy(z, labels, table.lookup(labels, IGNORE), IGNORE)[0].backward()
+    assert torch.allclose(leaf.grad.sum(-1), torch.zeros(6), atol=1e-6)
+
+
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.bfloat16])
 def test_forward_leaves_log_softmax_in_full_precision_logits(dtype):
     """The forward's contract: float32/float64 logits are overwritten by their log_softmax (the

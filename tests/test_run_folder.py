@@ -10,47 +10,26 @@ import os
 import signal
 import subprocess
 import sys
-import zipfile
 
 import pytest
 from streaming import StreamingDataset
 from streaming.base.constant import SHM_TO_CLEAN
 from streaming.base.shared.prefix import _get_path
 
-from prefix_composer.config import load_config
 from prefix_composer.runtime.experiment import ALLOW_KEY, RECORD_NAME, check_experiment, take_allowed_changes
 from prefix_composer.runtime.launch import checked_save_folder
 from prefix_composer.runtime.run_folder import LOCK_NAME, RunFolderBusy, check_writable, lock_run_folder
 from prefix_composer.runtime.shared_memory import SHM_DIR, clean_stale_streaming_shm
 
+from lm_eval_helpers import load_script
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, 'yamls', 'smoke_cpu.yaml')
 COMPOSER = os.path.join(os.path.dirname(sys.executable), 'composer')  # the venv's, not PATH's
+CASES = load_script('bad_inputs_table')  # owner of the run-folder world shared with docs/bad_inputs.md
+smoke_overrides, smoke, folder_of, record = CASES.smoke_overrides, CASES.smoke, CASES.folder_of, CASES.record
+started, fake_checkpoint, UNWRITABLE_FOLDERS = CASES.started, CASES.fake_checkpoint, CASES.UNWRITABLE_FOLDERS
 STARTUP_TIMEOUT_S = 600  # the shared test machine can be very slow to import the training stack
-
-
-def smoke_overrides(mds, run_root) -> list[str]:
-    return [f'variables.data.mds_dir={mds}', f'variables.run_root={run_root}', 'max_seq_len=32',
-            'global_train_batch_size=4', 'device_train_microbatch_size=4', 'device_eval_batch_size=4']
-
-
-def smoke(mds, run_root, *extra):
-    return load_config(SMOKE, [*smoke_overrides(mds, run_root), *extra])
-
-
-def folder_of(run_root):
-    return run_root / 'smoke_cpu' / 'checkpoints'
-
-
-def record(run_root) -> dict:
-    return json.loads((folder_of(run_root) / RECORD_NAME).read_text())
-
-
-def started(mds, run_root):
-    """A run folder as a first start leaves it: the experiment recorded."""
-    os.makedirs(folder_of(run_root))
-    check_experiment(smoke(mds, run_root), str(folder_of(run_root)), resuming=False)
-    return record(run_root)
 
 
 # -- the experiment record ------------------------------------------------------------------
@@ -126,12 +105,6 @@ def composer_start(mds, run_root, *extra) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=STARTUP_TIMEOUT_S)
 
 
-def fake_checkpoint(run_root) -> None:
-    """An intact zip named as a checkpoint: the pre-flight selects it, so the run would resume it."""
-    with zipfile.ZipFile(folder_of(run_root) / 'ep0-ba10-rank0.pt', 'w') as archive:
-        archive.writestr('data.pkl', b'not loaded: the run stops before')
-
-
 def test_composer_train_refuses_a_changed_seed_before_building_the_model(tiny_mds, tmp_path):
     started(tiny_mds, tmp_path)
     fake_checkpoint(tmp_path)
@@ -178,15 +151,6 @@ def test_second_run_is_refused_while_a_live_one_holds_the_folder_and_a_killed_ho
 def test_writable_folder_is_created_and_left_clean(tmp_path):
     check_writable('save_folder', str(tmp_path / 'a' / 'b'))
     assert os.listdir(tmp_path / 'a' / 'b') == []
-
-
-UNWRITABLE_FOLDERS = [  # (key named, override of yamls/smoke_cpu.yaml, regular file put in the way, folder named)
-    ('save_folder', 'save_folder=/proc/x', None, '/proc/x'),
-    ('loggers.csv.path', 'loggers.csv.path={tmp}/file/sub/metrics.csv', 'file', '{tmp}/file/sub'),
-    ('callbacks.lm_eval.records_dir', 'callbacks.lm_eval.records_dir={tmp}/file/sub', 'file', '{tmp}/file/sub'),
-    ('callbacks.lm_eval.records_dir (unset: <save_folder>/../lm_eval)', 'save_folder={tmp}/run/checkpoints',
-     'run/lm_eval', '{tmp}/run/lm_eval'),
-]
 
 
 @pytest.mark.parametrize('key, override, blocker, folder', UNWRITABLE_FOLDERS)

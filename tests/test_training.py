@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lm_eval_helpers import tiny_model
+from lm_eval_helpers import load_script, tiny_model
 from prefix_composer.runtime.experiment import RECORD_NAME
 from prefix_composer.runtime.launch import main as train_main
 from prefix_composer.runtime.run_folder import LOCK_NAME
@@ -22,6 +22,7 @@ from conftest import write_token_mds
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, 'yamls', 'smoke_cpu.yaml')
+CASES = load_script('bad_inputs_table')  # the bad-input cases' owner
 
 
 def tiny_overrides(mds, run_root, **extra) -> list[str]:
@@ -84,7 +85,7 @@ def test_every_objective_trains(objective, tiny_mds, tmp_path, tokenizer, capfd)
 
 
 def test_an_objective_that_is_plain_ce_on_the_data_warns(tiny_mds, tmp_path, capfd):
-    """brief 000's prefix_softmax at eps 1, tau 0.05: the gold token keeps all but ~1e-9 of the mass."""
+    """The ~500M family's prefix_softmax at eps 1, tau 0.05: the gold token keeps all but ~1e-9 of the mass."""
     train_main([SMOKE, *tiny_overrides(tiny_mds, tmp_path, run_name='tau0p05', max_duration='1ba',
                                         **{'algorithms.prefix_smoothing.eps': 1.0, 'algorithms.prefix_smoothing.tau': 0.05})])
     mass = setup_row(read_metrics(tmp_path, 'tau0p05'))['metrics/setup/target_off_gold_mass']
@@ -108,16 +109,7 @@ def test_composer_cli_trains_and_autoresumes(tiny_mds, tmp_path):
     pd.testing.assert_frame_equal(kept[first.columns.drop('wall_time_s')], first.drop(columns='wall_time_s'))
 
 
-BAD_CONFIG_REFUSALS = [  # (override of yamls/smoke_cpu.yaml, message fragment)
-    ('algorithms.prefix_smoothing.objective=focal', "algorithms.prefix_smoothing.objective: unknown objective 'focal'"),
-    ('algorithms.prefix_smoothing.eps=2', 'algorithms.prefix_smoothing.eps must be a number in'),
-    ('algorithms.prefix_smoothing.tau=0', 'algorithms.prefix_smoothing.tau must be'),
-    ('algorithms.prefix_smoothing.support=loose', 'algorithms.prefix_smoothing.support must be'),
-    ('model.config.vocab_size=128000', 'smaller than the tokenizer'),
-]
-
-
-@pytest.mark.parametrize('override, message', BAD_CONFIG_REFUSALS)
+@pytest.mark.parametrize('override, message', CASES.BAD_CONFIG_REFUSALS)
 def test_bad_config_fails_before_training(override, message, tiny_mds, tmp_path):
     with pytest.raises(ValueError, match=message):
         train_main([SMOKE, *tiny_overrides(tiny_mds, tmp_path), override])
@@ -139,3 +131,28 @@ def test_a_negative_token_id_fails_the_training_forward(tokenizer):
                                          r"dataset was tokenized with another tokenizer\. Rebuild it with scripts/create_mds\.py\.$"):
         model({'input_ids': torch.tensor([[5, -3, 17, 128255]])})
     assert model({'input_ids': torch.tensor([[5, 0, 17, 128255]])}).hidden_states.shape == (1, 4, 32)  # in range: runs
+
+
+@pytest.mark.parametrize('loss_impl', ['fused', 'logits'])
+def test_a_train_metric_sees_the_logits_of_the_training_weights(loss_impl, tokenizer):
+    """Composer hands the training outputs to train metrics after the backward; the loss has consumed
+    them (no logits on the fused path, log_softmax then the gradient on the logits path). The model
+    scores the metric on a fresh forward instead: LanguageCrossEntropy equals the loss's own NLL."""
+    from composer import Trainer
+    from composer.loggers import InMemoryLogger
+    from composer.metrics.nlp import LanguageCrossEntropy
+
+    from lm_eval_helpers import token_loader
+
+    model = tiny_model(tokenizer)
+    model.loss_impl = loss_impl
+    model.train_metrics = {'LanguageCrossEntropy': LanguageCrossEntropy()}
+    memory = InMemoryLogger()
+    Trainer(model=model, train_dataloader=token_loader(tokenizer, samples=8, batch_size=4), max_duration='2ba',
+            optimizers=torch.optim.AdamW(model.parameters(), lr=1e-2), loggers=[memory], device='cpu', seed=17,
+            progress_bar=False, log_to_console=False).fit()
+    metric = [float(v) for _, v in memory.data['metrics/train/LanguageCrossEntropy']]
+    nll = [float(v) for _, v in memory.data['loss/train/nll']]
+    assert len(nll) == 2 and len(metric) >= 2  # one per batch (Composer logs the last again at the epoch's end)
+    assert metric[:2] == pytest.approx(nll, rel=1e-5)
+    assert 10.0 < metric[0] < 13.0  # about ln(128,256) = 11.76 at initialisation, not a gradient's scale

@@ -1,4 +1,4 @@
-"""The ASCII rule of the data pipeline (brief 000), in one place."""
+"""The ASCII rule of the data pipeline, in one place."""
 
 ASCII_RULE = 'text.encode("ascii", "ignore").decode("ascii")'
 

@@ -15,9 +15,14 @@ the forward is one ``log_softmax`` written over the logits themselves (half-prec
 a float32 scratch chunk), plus, for label smoothing only, one read for ``Σ_{i<U} logp``; the rest
 is O(N·K) gathers. The backward is ``exp`` and the row scale ``s``, in place, with the sparse
 ``-w`` scattered in between: two passes, as in plain cross-entropy; label smoothing's ``-u`` is
-one more (``fused.py`` moves it to the O(N·d) side, where it is free). The logits are
-consumed: after the forward they hold ``log_softmax(z)`` (float32 or float64 logits), after the
-backward their own gradient. Autograd raises if another node saved them.
+one more (``fused.py`` moves it to the O(N·d) side, where it is free).
+
+The logits are consumed: after the forward they hold ``log_softmax(z)`` (float32 or float64
+logits), after the backward their own gradient. The writes bump the tensor's version counter, so a
+backward through any node that saved the logits raises autograd's in-place error instead of using
+the overwritten values. (``ctx.mark_dirty`` cannot say it: the model passes a view of Hugging
+Face's logits, and a Function that writes into a view may return only one tensor.) Nothing can
+stop a plain read afterwards: ``PrefixLlamaForCausalLM.eval_forward`` never reuses training logits.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ vocabulary, the same for every objective) and the run's own objective (``metrics
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
 from composer.metrics.nlp import LanguageCrossEntropy, LanguagePerplexity
@@ -60,7 +60,7 @@ class PrefixLlamaForCausalLM(HuggingFaceModel):
             model=LlamaForCausalLM(llama_config),
             tokenizer=tokenizer,
             use_logits=True,
-            metrics=[],  # the training loss writes its gradient into the logits: no train metrics on them
+            metrics=[],  # none by default; added ones are computed on a fresh forward (eval_forward)
             eval_metrics=[LanguageCrossEntropy(), LanguagePerplexity(), TokenAccuracy(), PrefixMassStrict(prefixes),
                           PrefixMassInclusive(prefixes), ObjectiveLoss()],
             shift_labels=True,
@@ -78,6 +78,16 @@ class PrefixLlamaForCausalLM(HuggingFaceModel):
             return CausalLMOutput(hidden_states=self.model.model(**inputs).last_hidden_state)
         # LlamaForCausalLM's own forward: under FSDP the weights are gathered only around that call
         return CausalLMOutput(logits=self.model(**inputs).logits)
+
+    def eval_forward(self, batch: Mapping[str, Any], outputs: Optional[Any] = None) -> Any:
+        """``HuggingFaceModel.eval_forward`` on a fresh forward, whatever ``outputs`` it is handed.
+
+        Composer passes the training outputs here to update train metrics; they hold no usable
+        logits (the fused path makes none; on the logits path the loss has overwritten them with
+        ``log_softmax`` and then their gradient), so train metrics see the logits of a forward of the
+        same weights instead (one more forward per micro-batch, only when train metrics are added).
+        """
+        return super().eval_forward(batch)
 
     def loss(self, outputs: CausalLMOutput, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         labels = next_token_labels(batch['labels']).reshape(-1)
