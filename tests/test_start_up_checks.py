@@ -89,3 +89,22 @@ def test_a_deleted_experiment_record_is_called_missing_with_what_that_means(tmp_
     assert 'start a new run folder with run_name=<new name>' in caplog.text
     assert 'made before experiment records' not in caplog.text
     assert (folder / RECORD_NAME).exists()
+
+
+# -- lm-eval task names and limit, before the tokenizer and the model ----------------------
+LM_EVAL_REFUSALS = [  # (overrides of yamls/smoke_cpu.yaml, message fragment)
+    (['callbacks.lm_eval.tasks=[charbenchh]'], "lm_eval task 'charbenchh' is unknown to lm-eval"),
+    (['callbacks.lm_eval.tasks=[hellaswagg]'], "lm_eval task 'hellaswagg' is unknown to lm-eval"),
+    (['callbacks.lm_eval.limit=-1'], 'callbacks.lm_eval.limit must be null, a positive int or a fraction, got -1.'),
+    (['callbacks.lm_eval.limit=0'], 'callbacks.lm_eval.limit must be null, a positive int or a fraction, got 0.'),
+]
+
+
+@pytest.mark.parametrize('overrides, message', LM_EVAL_REFUSALS)
+def test_lm_eval_task_and_limit_are_refused_before_anything_is_built(overrides, message, tmp_path, monkeypatch):
+    monkeypatch.setattr(launch.dist, 'initialize_dist', lambda *a, **k: pytest.fail('got past the start-up checks'))
+    monkeypatch.setattr(launch, 'build_tokenizer', lambda *a, **k: pytest.fail('built the tokenizer'))
+    with pytest.raises(ValueError) as error:
+        launch.main([SMOKE, *overrides, f'variables.run_root={tmp_path}'])
+    assert message in str(error.value)
+    assert not list(tmp_path.iterdir())
