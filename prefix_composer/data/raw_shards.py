@@ -86,7 +86,7 @@ def read_raw_manifest(raw_dir: str) -> Optional[RawManifest]:
     path = manifest_path(raw_dir)
     if not os.path.isfile(path):
         return None
-    return RawManifest.from_json(read_json(path, 'Raw manifest'), path)
+    return RawManifest.from_json(read_json(path, 'Raw manifest', 'delete it or rerun the download with --overwrite.'), path)
 
 
 def write_raw_manifest(raw_dir: str, manifest: RawManifest) -> None:

@@ -27,7 +27,7 @@ def damaged_shard_files(split_dir: str) -> list[str]:
     with os.scandir(split_dir) as entries:
         sizes = {entry.name: entry.stat().st_size for entry in entries if entry.is_file()}
     problems = []
-    for shard in read_json(index_path, 'MDS index')['shards']:
+    for shard in read_json(index_path, 'MDS index', f'rebuild the data: {REBUILD_COMMAND}.')['shards']:
         files = [info for info in (shard.get('raw_data'), shard.get('zip_data')) if info]
         present = [info for info in files if info['basename'] in sizes]
         if not present:

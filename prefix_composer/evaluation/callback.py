@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from composer.callbacks import CheckpointSaver
 from composer.core import Callback, Event, Precision, State
@@ -42,7 +42,7 @@ from prefix_composer.constants import is_number
 from prefix_composer.evaluation.adapter import EvaluationInterrupted, check_batch_size
 from prefix_composer.evaluation.harness import AUTOCAST_DTYPES, METRIC_PREFIX, LMEvalResult, evaluate_lm
 from prefix_composer.evaluation.records import default_records_folder, records_path, remove_records_after, run_identity, write_records
-from prefix_composer.evaluation.tasks import build_task_manager, check_tasks
+from prefix_composer.evaluation.tasks import build_task_manager, check_task_names, check_tasks
 from prefix_composer.training.algorithm import PrefixSmoothing
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,20 @@ def state_run_identity(state: State) -> dict[str, Any]:
                         objectives[0].to_config(complete=True) if objectives else None)
 
 
+def check_limit(limit: Any) -> None:
+    if limit is not None and not (is_number(limit) and limit > 0):
+        raise ValueError(f'callbacks.lm_eval.limit must be null, a positive int or a fraction, got {limit!r}.')
+
+
+def check_lm_eval_config(block: Mapping[str, Any]) -> None:
+    """The ``limit`` and task names of the YAML's ``callbacks.lm_eval`` block, checked in seconds by
+    ``launch.main`` before the tokenizer and the model are built (the callback itself is built after
+    them, and also loads every task's documents)."""
+    check_limit(block.get('limit'))
+    tasks = block.get('tasks')
+    check_task_names(build_task_manager(tasks or [], block.get('include_path') or ()), tasks)
+
+
 class LMEvalCallback(Callback):
     """Runs lm-eval every ``interval`` and at the end of training; registered as ``lm_eval``.
 
@@ -116,8 +130,7 @@ class LMEvalCallback(Callback):
         include_path: Sequence[str] = (),
         records_dir: Optional[str] = None,
     ):
-        if limit is not None and not (is_number(limit) and limit > 0):
-            raise ValueError(f'callbacks.lm_eval.limit must be null, a positive int or a fraction, got {limit!r}.')
+        check_limit(limit)
         if num_fewshot is not None and (not isinstance(num_fewshot, int) or num_fewshot < 0):
             raise ValueError(f'callbacks.lm_eval.num_fewshot must be null or an int >= 0, got {num_fewshot!r}.')
         if not isinstance(bootstrap_iters, int) or bootstrap_iters < 1:

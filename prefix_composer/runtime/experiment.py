@@ -110,6 +110,14 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
 
 
+RECORD_DAMAGED = ('it holds the experiment the checkpoints beside it were trained with. Restore it from a copy to keep '
+                  'that check, or delete it to resume without it (this run\'s config is then recorded as the experiment).')
+RECORD_MISSING = ('%s has checkpoints but no %s: the experiment record was deleted (or the checkpoints predate '
+                  'experiment records), so nothing can tell whether this config (seed, objective, data, ...) is the one '
+                  'they were trained with. Resuming, and recording this run\'s config as the experiment from now on; if '
+                  'anything experiment-defining changed, stop and start a new run folder with run_name=<new name>.')
+
+
 def check_experiment(cfg: DictConfig, folder: str, resuming: bool, allowed: Sequence[str] = ()) -> dict[str, Any]:
     """Compare this run's experiment with ``<folder>/experiment.json`` and rewrite the record; returns it.
 
@@ -118,12 +126,10 @@ def check_experiment(cfg: DictConfig, folder: str, resuming: bool, allowed: Sequ
     """
     path = os.path.join(folder, RECORD_NAME)
     experiment, settings = run_entries(cfg)
-    record = read_json(path, 'experiment record') if resuming and os.path.isfile(path) else None
+    record = read_json(path, 'experiment record', RECORD_DAMAGED) if resuming and os.path.isfile(path) else None
     if record is None:
         if resuming:
-            log.warning('%s has checkpoints but no %s (made before experiment records): recording this run\'s '
-                        'experiment, which cannot be compared with the one the checkpoints were trained with.',
-                        folder, RECORD_NAME)
+            log.warning(RECORD_MISSING, folder, RECORD_NAME)
         record = {'format': RECORD_FORMAT, 'run_name': str(cfg.run_name), 'started': utc_now(), 'changes': []}
     else:
         changed = differences(record['experiment'], experiment)

@@ -2,7 +2,8 @@
 
 Everything that can be checked before the first batch is checked here or while the Trainer is
 built (objective arguments, model vocab, lm-eval tasks). Here, in order: keys that nothing would
-read and durations that cannot work (``config_checks``), FSDP with the fused loss, then
+read and durations that cannot work (``config_checks``), lm-eval's task names and ``limit``,
+FSDP with the fused loss, then
 (pre-flight) the run-folder lock, room for a checkpoint and writable output folders, the
 checkpoints autoresume will load and the experiment they belong to, stale shared memory, and the
 MDS data against the run and its shard files.
@@ -23,6 +24,7 @@ from omegaconf import OmegaConf as om
 
 from prefix_composer.config import load_config
 from prefix_composer.data.manifest import check_run_data
+from prefix_composer.evaluation.callback import check_lm_eval_config
 from prefix_composer.evaluation.records import default_records_folder
 from prefix_composer.runtime.checkpoints import (
     check_checkpoint_space,
@@ -125,6 +127,8 @@ def main(argv: Sequence[str]) -> None:
     configure_logging(cfg)
     check_config_keys(cfg)
     check_durations(cfg)
+    if om.select(cfg, 'callbacks.lm_eval') is not None:
+        check_lm_eval_config(om.to_container(cfg.callbacks.lm_eval, resolve=True))
     check_parallelism(cfg)
     # With several ranks build_tokenizer (pre-flight) synchronises them, so the process group must
     # exist first; llm-foundry's train() finds it initialised.

@@ -10,6 +10,9 @@ One row per logging event, keyed by (batch, phase):
   ``pandas.read_csv`` always reads it.
 * After an autoresume from batch ``B`` rows with ``batch > B`` (logged after the checkpoint
   by the run that was preempted) are dropped, so no step appears twice.
+* A last row that is not a complete record (no line end, or fewer fields than the header: the
+  previous process was killed while writing it) is dropped with a warning when the file is read,
+  so a cut value or a cut batch number (``1`` of ``12``) never becomes a row.
 
 Only global rank 0 writes. Non-numeric values (e.g. lm-eval's ``'N/A'`` stderr) are skipped.
 """
@@ -17,6 +20,7 @@ Only global rank 0 writes. Non-numeric values (e.g. lm-eval's ``'N/A'`` stderr) 
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import numbers
 import os
@@ -162,10 +166,17 @@ class CSVLogger(LoggerDestination):
             writer.writerows(rows)
 
     def _read(self) -> tuple[list[str], list[dict[str, str]]]:
+        """Header and rows of the file, without a torn last row (see the module docstring)."""
         with open(self.path, newline='') as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            header = list(reader.fieldnames or FIXED_COLUMNS)
+            text = f.read()
+        reader = csv.DictReader(io.StringIO(text))
+        rows = list(reader)
+        header = list(reader.fieldnames or FIXED_COLUMNS)
+        if rows and (not text.endswith('\n') or None in rows[-1].values() or None in rows[-1]):
+            torn = text.rstrip('\r\n').rsplit('\n', 1)[-1]
+            log.warning('%s: dropped its last row %r: not a complete record (the run writing it was killed mid-write).',
+                        self.path, torn)
+            rows.pop()
         return header, rows
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:

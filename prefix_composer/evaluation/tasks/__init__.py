@@ -1,9 +1,10 @@
 """lm-eval task resolution: the project's task folders, one ``TaskManager``, and the start-up check.
 
 Task folders searched besides lm-eval's built-in tasks: CharBench (``evaluation/charbench/tasks``)
-and this folder (``winogrande_debiased``). ``check_tasks`` builds every requested task, which
-loads its data, so an unknown name or a dataset missing from an offline cache is a ``ValueError``
-naming the task and the fix before training starts. Pre-download on a machine with internet
+and this folder (``winogrande_debiased``). ``check_task_names`` checks the names against the
+index alone (the start-up check, before the model is built); ``check_tasks`` builds every
+requested task, which loads its data, so a dataset missing from an offline cache is a
+``ValueError`` naming the task and the fix before training starts. Pre-download on a machine with internet
 (same ``HF_DATASETS_CACHE`` as the cluster)::
 
     uv run python -m prefix_composer.evaluation.tasks hellaswag piqa winogrande_debiased arc_easy
@@ -11,6 +12,7 @@ naming the task and the fix before training starts. Pre-download on a machine wi
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Sequence
@@ -21,7 +23,7 @@ from lm_eval.tasks import TaskManager
 
 from prefix_composer.evaluation.charbench import TASKS_DIR as CHARBENCH_TASKS_DIR
 
-__all__ = ['PROJECT_TASK_DIRS', 'TASKS_DIR', 'build_task_manager', 'check_tasks']
+__all__ = ['PROJECT_TASK_DIRS', 'TASKS_DIR', 'build_task_manager', 'check_task_names', 'check_tasks']
 
 TASKS_DIR = Path(__file__).parent
 PROJECT_TASK_DIRS = (CHARBENCH_TASKS_DIR, TASKS_DIR)
@@ -33,25 +35,27 @@ def build_task_manager(tasks: Sequence[str], include_path: Sequence[str | os.Pat
     Indexing lm-eval's thousands of built-in tasks takes seconds, so they are indexed only when a
     requested name is not found in the project's folders and ``include_path``.
     """
-    paths = [str(p) for p in (*PROJECT_TASK_DIRS, *include_path)]
+    paths = tuple(str(p) for p in (*PROJECT_TASK_DIRS, *include_path))
     for path in paths:
         if not os.path.isdir(path):
             raise ValueError(f'lm_eval include_path {path!r} is not a directory.')
-    local = TaskManager(include_path=paths, include_defaults=False)
+    local = indexed_tasks(paths, include_defaults=False)
     if all(name in local.all_tasks for name in tasks):
         return local
-    return TaskManager(include_path=paths)
+    return indexed_tasks(paths, include_defaults=True)
 
 
-def check_tasks(manager: TaskManager, tasks: Sequence[str]) -> dict[str, int]:
-    """Build every task (loading its documents); returns ``{leaf task: number of evaluation docs}``.
+@functools.cache
+def indexed_tasks(paths: tuple[str, ...], include_defaults: bool) -> TaskManager:
+    """One ``TaskManager`` per process and set of folders: the start-up name check (``launch.main``)
+    indexes them, the lm-eval callback built later in the same process reuses the index."""
+    return TaskManager(include_path=list(paths), include_defaults=include_defaults)
 
-    Raises ``ValueError`` naming the task for an unknown name, data that cannot be loaded
-    (offline without a cache, missing file) or a task requested twice (e.g. a group and its member).
-    """
+
+def check_task_names(manager: TaskManager, tasks: Sequence[str]) -> None:
+    """Raise ``ValueError`` unless ``tasks`` is a non-empty list of names that ``manager`` knows (no data is loaded)."""
     if isinstance(tasks, str) or not tasks or not all(isinstance(t, str) and t for t in tasks):
         raise ValueError(f'lm_eval tasks must be a non-empty list of task names, got {tasks!r}.')
-    built = []
     for name in tasks:
         if name not in manager.all_tasks:
             raise ValueError(
@@ -59,6 +63,17 @@ def check_tasks(manager: TaskManager, tasks: Sequence[str]) -> dict[str, int]:
                 f'{manager.include_path}. Check the spelling (`uv run lm_eval ls tasks` lists the built-in tasks), '
                 'add the folder with its YAML to callbacks.lm_eval.include_path, or drop it from callbacks.lm_eval.tasks.',
             )
+
+
+def check_tasks(manager: TaskManager, tasks: Sequence[str]) -> dict[str, int]:
+    """Build every task (loading its documents); returns ``{leaf task: number of evaluation docs}``.
+
+    Raises ``ValueError`` naming the task for an unknown name (``check_task_names``), data that cannot
+    be loaded (offline without a cache, missing file) or a task requested twice (e.g. a group and its member).
+    """
+    check_task_names(manager, tasks)
+    built = []
+    for name in tasks:
         try:
             built.append(manager.load([name]))
         except OSError as error:  # ConnectionError (incl. OfflineModeIsEnabled), FileNotFoundError, HTTP errors
