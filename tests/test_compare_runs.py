@@ -256,19 +256,19 @@ def test_compare_runs_cli_prints_the_table_and_the_paths(planted, capsys):
 VAL_CLASSES = ('nll_prefixes_0', 'nll_prefixes_3+')
 
 
-def write_kind(folder, kind: str, tokens: int, name: str, seed: int, objective: dict, items: list[dict],
+def write_kind(folder, kind: str, tokens: int, name: str, seed: int, objective: dict, lines: list[dict],
                higher: dict, model: dict = MODEL_100M, baselines: dict | None = None, **settings):
     """A crafted ``<run>/<kind>/ba<batch>.jsonl.gz`` as the measurement passes write it."""
-    tasks = sorted({i['task'] for i in items})
+    tasks = sorted({i['task'] for i in lines})
     header = {
         'format': 'prefix_composer.lm_eval_records', 'version': 1, 'batch': tokens // 1000, 'tokens': tokens,
         'run': run_identity(name, seed, model, objective), 'groups': {}, 'info': {}, 'higher_is_better': higher,
         'settings': {'tasks': tasks, 'limit': None, 'num_fewshot': None, 'fewshot_random_seed': None, 'autocast': None,
                      'tokenizer_hash': 'abc', 'task_versions': {}, 'n_shot': {},
-                     'items': {t: sum(i['task'] == t for i in items) for t in tasks}, **settings},
+                     'items': {t: sum(i['task'] == t for i in lines) for t in tasks}, **settings},
         **({'baselines': baselines} if baselines else {}),
     }
-    write_records(str(folder / kind / f'ba{tokens // 1000}.jsonl.gz'), Records(header, items))
+    write_records(str(folder / kind / f'ba{tokens // 1000}.jsonl.gz'), Records(header, lines))
 
 
 def validation_items(nll: np.ndarray, doc_ids=None) -> list[dict]:
@@ -330,7 +330,7 @@ def test_measurement_records_are_compared_item_paired(measured):
     for label in ('val nll', 'probe_contains acc', 'probe_first_letter acc', 'probe_length acc',
                   'recovery logp_marginal', 'recovery recovered_fraction', 'hellaswag acc_norm', 'charbench_single acc'):
         assert sections.pop(label) == 'headline', label
-    assert set(sections.values()) == {'exploratory', 'run-level'}
+    assert set(sections.values()) == {'exploratory'}
     assert sections['val nll_prefixes_0'] == sections['recovery logp_gold'] == 'exploratory'
     # val nll: the paired item differences, averaged over the 2 seeds
     x = np.stack([data['prefix_unnorm_eps1', s]['nll'] for s in (17, 18)])
