@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from lm_eval_helpers import load_script
+from prefix_composer.analysis.plotting import plt
 from prefix_composer.analysis.report import write_report
 from prefix_composer.analysis.stats import minimum_detectable_effect
 from prefix_composer.evaluation.records import Records, run_identity, write_records
@@ -406,7 +407,8 @@ def test_two_families_with_the_same_short_label_are_both_reported(tmp_path):
     p = difficulty()
     other = {**MODEL_100M, 'rope_theta': 10000.0}
     make_run(tmp_path, 'ce', 17, CE, {5000: outcomes(p, 1, {})}, model={**MODEL_100M, 'rope_theta': 500000.0})
-    make_run(tmp_path, 'prefix_unnorm_eps1', 17, PREFIX, {5000: outcomes(p, 2, {})}, model={**MODEL_100M, 'rope_theta': 500000.0})
+    make_run(tmp_path, 'prefix_unnorm_eps1', 17, PREFIX, {5000: outcomes(p, 2, {})},
+             model={**MODEL_100M, 'rope_theta': 500000.0})
     make_run(tmp_path, 'ce_rope', 17, CE, {5000: outcomes(p, 3, {})}, model=other)
     make_run(tmp_path, 'prefix_rope', 17, PREFIX, {5000: outcomes(p, 4, {})}, model=other)
     result = report([tmp_path], baseline='ce')
@@ -457,6 +459,6 @@ def test_forest_plot_of_thirteen_variants(tmp_path):
     rows = result.rows[family.label]
     assert len({r.variant for r in rows}) == 13
     path = result.paths[f'forest {family.label}']
-    image = __import__('matplotlib.image', fromlist=['imread']).imread(path)
+    image = plt.imread(path)
     # one panel per headline metric (hellaswag, charbench_single) side by side, 12 compared rows each
     assert image.shape[1] > image.shape[0] > 400
