@@ -15,7 +15,7 @@ from lm_eval_helpers import load_script
 from prefix_composer.analysis.plotting import plt
 from prefix_composer.analysis.report import write_report
 from prefix_composer.analysis.stats import minimum_detectable_effect
-from prefix_composer.evaluation.records import Records, run_identity, write_records
+from prefix_composer.evaluation.records import Records, read_header, run_identity, write_records
 
 MODEL_100M = {'model_type': 'llama', 'vocab_size': 128256, 'hidden_size': 576, 'num_hidden_layers': 7,
               'num_attention_heads': 9, 'num_key_value_heads': 3, 'intermediate_size': 1536}
@@ -392,6 +392,16 @@ def test_a_run_lacking_a_kind_is_named_and_its_settings_checked(measured):
     (note,) = [n for n in result.families[0].notes if n.startswith('probes')]
     assert note.startswith('probes: no records at 5,000 tokens for prefix_unnorm_eps1 (has probes at no tokens)')
     assert note in result.markdown
+    # probes measured at other tokens than the lm-eval evaluation compared: every run is named
+    for folder in root.iterdir():
+        if (folder / 'lm_eval').is_dir():
+            (folder / 'probes' / 'ba5.jsonl.gz').unlink(missing_ok=True)
+            run = read_header(str(folder / 'lm_eval' / 'ba5.jsonl.gz'))['run']
+            write_kind(folder, 'probes', 4000, run['run_name'], run['seed'], run['objective'],
+                       probe_items({'probe_length': np.ones(10)}), PROBE_HIGHER)
+    (note,) = [n for n in report([root]).families[0].notes if n.startswith('probes')]
+    assert note.startswith('probes: no records at 5,000 tokens for ce (has probes at [4000] tokens), ce_seed1 (has probes '
+                           'at [4000] tokens), prefix_unnorm_eps1')
     # validation records of other evaluation data are refused
     folder = root / 'ce_seed1'
     write_kind(folder, 'validation', 5000, 'ce_seed1', 18, CE, validation_items(np.ones(600)), VAL_HIGHER,
