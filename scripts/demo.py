@@ -18,8 +18,9 @@
    middle and the end. ``--parallel`` runs train at once, each with cpu_count/parallel torch threads;
    each run's output goes to ``runs/demo/<run>/demo.log``.
 3. Writes the curves (``scripts/plot_metrics.py``) and the report (``scripts/compare_runs.py``:
-   paired differences to the baseline with 95% CIs and adjusted p-values), and ends by printing the
-   report's table and the paths of ``results.md``, the forest plot and the curves.
+   item-paired differences to the baseline with 95% CIs, adjusted p-values and minimum detectable
+   effects, for every record kind the runs wrote: lm-eval, validation, probes, recovery), and ends
+   by printing the report's tables and the paths of ``results.md``, the forest plot and the curves.
 
 Rerunning reuses what is done: existing data, finished runs (checkpoint and records of the last
 batch; a final checkpoint without its records is scored by ``scripts/eval_checkpoint.py``), and

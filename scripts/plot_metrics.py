@@ -30,8 +30,8 @@ import sys
 import pandas as pd
 from omegaconf import OmegaConf
 
-from prefix_composer.analysis.plotting import markdown_table, plt, save_figure
 from prefix_composer.analysis.families import family_labels, group_by_model
+from prefix_composer.analysis.plotting import markdown_table, plt, save_figure
 from prefix_composer.analysis.runs import expand_run_folders, recorded_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

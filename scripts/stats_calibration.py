@@ -90,10 +90,10 @@ def main() -> None:
     print(f'{args.simulations} simulations, {args.items} items, seed {args.seed}; '
           f'{N_BOOT} bootstrap replicates, {N_PERM} sign vectors; binomial SE of a 5% rate: {se:.1%}')
     print('\nNull: same per-item distribution for variant and baseline')
-    print(f'  {"case":<32} {"test":<10} {"p<0.05":>7} {"95% CI holds 0":>15}')
+    print(f'  {"case":<32} {"test":<16} {"p<0.05":>7} {"95% CI holds 0":>15}')
     for name, draw in NULL_CASES.items():
         test, rejected, covered = null_calibration(draw, args.simulations, args.items, gen)
-        print(f'  {name:<32} {test:<10} {rejected:>7.1%} {covered:>15.1%}')
+        print(f'  {name:<32} {test:<16} {rejected:>7.1%} {covered:>15.1%}')
 
     print(f'\nPlanted: +{100 * PLANTED:.0f} points accuracy, 1 seed, among {N_COMPARISONS} comparisons '
           f'({N_COMPARISONS - 1} null), Holm across the table')

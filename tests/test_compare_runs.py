@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 
 from lm_eval_helpers import load_script
+from prefix_composer.analysis.plotting import plt
 from prefix_composer.analysis.report import write_report
 from prefix_composer.analysis.stats import minimum_detectable_effect
-from prefix_composer.evaluation.records import Records, run_identity, write_records
+from prefix_composer.evaluation.records import Records, read_header, run_identity, write_records
 
 MODEL_100M = {'model_type': 'llama', 'vocab_size': 128256, 'hidden_size': 576, 'num_hidden_layers': 7,
               'num_attention_heads': 9, 'num_key_value_heads': 3, 'intermediate_size': 1536}
@@ -256,19 +257,19 @@ def test_compare_runs_cli_prints_the_table_and_the_paths(planted, capsys):
 VAL_CLASSES = ('nll_prefixes_0', 'nll_prefixes_3+')
 
 
-def write_kind(folder, kind: str, tokens: int, name: str, seed: int, objective: dict, items: list[dict],
+def write_kind(folder, kind: str, tokens: int, name: str, seed: int, objective: dict, lines: list[dict],
                higher: dict, model: dict = MODEL_100M, baselines: dict | None = None, **settings):
     """A crafted ``<run>/<kind>/ba<batch>.jsonl.gz`` as the measurement passes write it."""
-    tasks = sorted({i['task'] for i in items})
+    tasks = sorted({i['task'] for i in lines})
     header = {
         'format': 'prefix_composer.lm_eval_records', 'version': 1, 'batch': tokens // 1000, 'tokens': tokens,
         'run': run_identity(name, seed, model, objective), 'groups': {}, 'info': {}, 'higher_is_better': higher,
         'settings': {'tasks': tasks, 'limit': None, 'num_fewshot': None, 'fewshot_random_seed': None, 'autocast': None,
                      'tokenizer_hash': 'abc', 'task_versions': {}, 'n_shot': {},
-                     'items': {t: sum(i['task'] == t for i in items) for t in tasks}, **settings},
+                     'items': {t: sum(i['task'] == t for i in lines) for t in tasks}, **settings},
         **({'baselines': baselines} if baselines else {}),
     }
-    write_records(str(folder / kind / f'ba{tokens // 1000}.jsonl.gz'), Records(header, items))
+    write_records(str(folder / kind / f'ba{tokens // 1000}.jsonl.gz'), Records(header, lines))
 
 
 def validation_items(nll: np.ndarray, doc_ids=None) -> list[dict]:
@@ -330,7 +331,7 @@ def test_measurement_records_are_compared_item_paired(measured):
     for label in ('val nll', 'probe_contains acc', 'probe_first_letter acc', 'probe_length acc',
                   'recovery logp_marginal', 'recovery recovered_fraction', 'hellaswag acc_norm', 'charbench_single acc'):
         assert sections.pop(label) == 'headline', label
-    assert set(sections.values()) == {'exploratory', 'run-level'}
+    assert set(sections.values()) == {'exploratory'}
     assert sections['val nll_prefixes_0'] == sections['recovery logp_gold'] == 'exploratory'
     # val nll: the paired item differences, averaged over the 2 seeds
     x = np.stack([data['prefix_unnorm_eps1', s]['nll'] for s in (17, 18)])
@@ -391,6 +392,16 @@ def test_a_run_lacking_a_kind_is_named_and_its_settings_checked(measured):
     (note,) = [n for n in result.families[0].notes if n.startswith('probes')]
     assert note.startswith('probes: no records at 5,000 tokens for prefix_unnorm_eps1 (has probes at no tokens)')
     assert note in result.markdown
+    # probes measured at other tokens than the lm-eval evaluation compared: every run is named
+    for folder in root.iterdir():
+        if (folder / 'lm_eval').is_dir():
+            (folder / 'probes' / 'ba5.jsonl.gz').unlink(missing_ok=True)
+            run = read_header(str(folder / 'lm_eval' / 'ba5.jsonl.gz'))['run']
+            write_kind(folder, 'probes', 4000, run['run_name'], run['seed'], run['objective'],
+                       probe_items({'probe_length': np.ones(10)}), PROBE_HIGHER)
+    (note,) = [n for n in report([root]).families[0].notes if n.startswith('probes')]
+    assert note.startswith('probes: no records at 5,000 tokens for ce (has probes at [4000] tokens), ce_seed1 (has probes '
+                           'at [4000] tokens), prefix_unnorm_eps1')
     # validation records of other evaluation data are refused
     folder = root / 'ce_seed1'
     write_kind(folder, 'validation', 5000, 'ce_seed1', 18, CE, validation_items(np.ones(600)), VAL_HIGHER,
@@ -406,7 +417,8 @@ def test_two_families_with_the_same_short_label_are_both_reported(tmp_path):
     p = difficulty()
     other = {**MODEL_100M, 'rope_theta': 10000.0}
     make_run(tmp_path, 'ce', 17, CE, {5000: outcomes(p, 1, {})}, model={**MODEL_100M, 'rope_theta': 500000.0})
-    make_run(tmp_path, 'prefix_unnorm_eps1', 17, PREFIX, {5000: outcomes(p, 2, {})}, model={**MODEL_100M, 'rope_theta': 500000.0})
+    make_run(tmp_path, 'prefix_unnorm_eps1', 17, PREFIX, {5000: outcomes(p, 2, {})},
+             model={**MODEL_100M, 'rope_theta': 500000.0})
     make_run(tmp_path, 'ce_rope', 17, CE, {5000: outcomes(p, 3, {})}, model=other)
     make_run(tmp_path, 'prefix_rope', 17, PREFIX, {5000: outcomes(p, 4, {})}, model=other)
     result = report([tmp_path], baseline='ce')
@@ -457,6 +469,6 @@ def test_forest_plot_of_thirteen_variants(tmp_path):
     rows = result.rows[family.label]
     assert len({r.variant for r in rows}) == 13
     path = result.paths[f'forest {family.label}']
-    image = __import__('matplotlib.image', fromlist=['imread']).imread(path)
+    image = plt.imread(path)
     # one panel per headline metric (hellaswag, charbench_single) side by side, 12 compared rows each
     assert image.shape[1] > image.shape[0] > 400

@@ -198,7 +198,8 @@ def test_compare_runs_pairs_the_replicas_by_seed():
         cfg = resolved(stem)
         run = run_identity(cfg['run_name'], cfg['seed'], cfg['model']['config'], cfg['algorithms']['prefix_smoothing'])
         runs.append(Run(folder=stem, name=run['run_name'], variant=SEED_SUFFIX.sub('', run['run_name']),
-                               seed=run['seed'], objective=run['objective'], model=run['model'], records={}, validation={}, trained_tokens=0))
+                        seed=run['seed'], objective=run['objective'], model=run['model'], records={}, validation={},
+                        trained_tokens=0))
     families = report_families.group_families(runs)
     assert sorted(sorted({r.variant for r in f}) for f in families) == sorted(sorted(names) for names in FAMILIES.values())
     for family in families:

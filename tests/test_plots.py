@@ -202,3 +202,14 @@ def test_plot_metrics_never_mixes_families(runs_dir, capsys):
 
 def test_plot_metrics_default_folder_is_where_the_yamls_write():
     assert plot_metrics.yaml_run_root() == '/mnt/runs'
+
+
+def test_plot_metrics_keeps_families_whose_short_labels_coincide(runs_dir):
+    # same d/L/h/kv/ff/V, another rope_theta: a family of its own, its label naming the difference
+    write_metrics(runs_dir / 'ce_rope' / 'metrics.csv', run_rows(7.0, [0.3, 0.4], with_spelling=False))
+    write_identity(runs_dir / 'ce_rope', {**MODEL_100M, 'rope_theta': 10000.0})
+    write_identity(runs_dir / 'ce', {**MODEL_100M, 'rope_theta': 500000.0})
+    write_identity(runs_dir / 'prefix_unnorm_eps1', {**MODEL_100M, 'rope_theta': 500000.0})
+    families = plot_metrics.write_plots(str(runs_dir), str(runs_dir / 'plots'))
+    assert {family: names for family, (names, _, _) in families.items()} == {
+        f'{FAMILY_100M}-rope_theta10000.0': 'ce_rope', f'{FAMILY_100M}-rope_theta500000.0': 'ce, prefix_unnorm_eps1'}

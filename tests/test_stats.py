@@ -12,6 +12,8 @@ import pytest
 from scipy import optimize
 from scipy.stats import binomtest, norm
 
+from lm_eval_helpers import load_script
+from prefix_composer.analysis.power import plan_rows
 from prefix_composer.analysis.stats import (
     adjust_pvalues,
     compare,
@@ -368,3 +370,27 @@ def test_planted_minimum_detectable_effect_is_found_about_80_percent(seeds, cont
         p = paired_pvalue(x, y)[0]
         found += adjust_pvalues([p, *gen.random(39)])[0] < 0.05
     assert 0.70 <= found / 300 <= 0.90, (mde, found)
+
+
+# -- planning ------------------------------------------------------------------------------------
+
+def test_plan_matches_the_stated_figures_and_its_simulation():
+    # one seed, 20% and 35% discordance on hellaswag's 10,042 items, unadjusted: 1.3 and 1.7 points
+    low, high = (next(r for r in plan_rows(seeds=1, discordance=d) if r.label == 'hellaswag acc') for d in (0.2, 0.35))
+    assert (round(100 * low.mde_unadjusted, 1), round(100 * high.mde_unadjusted, 1)) == (1.3, 1.7)
+    rows = {r.label: r for r in plan_rows()}  # 8 variants x 3 seeds: 12 headline metrics x 7 comparisons
+    assert rows['hellaswag acc'].level == pytest.approx(0.05 / 84)
+    assert rows['hellaswag acc'].mde == pytest.approx(minimum_detectable_effect(0.25 / 3, 10042, 0.05 / 84))
+    assert rows['charbench subtask acc'].section == 'exploratory' and rows['charbench subtask acc'].items == 300
+    # the planted MDE is found in 70-90% of 150 simulated tables (80% expected, SE 3.3%)
+    simulation = load_script('power_simulation')
+    gen = np.random.default_rng(7)
+    for label in ('winogrande acc', 'recovery logp_marginal'):
+        assert 0.70 <= simulation.detection_rate(rows[label], 3, 0.05, 150, gen) <= 0.90, label
+
+
+def test_plan_power_cli_prints_the_table(capsys):
+    assert load_script('plan_power').main(['--seeds', '2', '--variants', '3', '--tasks', 'piqa=1838']) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('3 variants x 2 seeds, alpha 0.05, 80% power')
+    assert '| piqa acc | headline | 1,838 | discordance 0.25 |' in out and 'hellaswag' not in out

@@ -152,13 +152,14 @@ def check_settings(runs: list[Run], tokens: int, kind: str = RECORDS_SUBDIR) -> 
 
 def measured_kinds(runs: list[Run], tokens: int, notes: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
     """``{kind: {run name: header}}`` of every record kind that all runs have at ``tokens``
-    (settings checked); a kind only some runs have there is noted, naming the others, and left out."""
+    (settings checked); a kind that some runs lack there (all of them, when it was measured at
+    other tokens) is noted, naming them, and left out."""
     kinds = {}
     for kind in RECORD_KINDS:
         having = [r for r in runs if tokens in r.records.get(kind, {})]
         if len(having) == len(runs):
             kinds[kind] = check_settings(runs, tokens, kind)
-        elif having:
+        elif any(kind in r.records for r in runs):
             lacking = [f'{r.name} (has {kind} at {sorted(r.records.get(kind, {})) or "no"} tokens)'
                        for r in runs if r not in having]
             notes.append(f'{kind}: no records at {tokens:,} tokens for {", ".join(lacking)}; its rows are left out. '

@@ -151,6 +151,6 @@ def forest_plot(family: Family, rows: list[Row], path: str) -> Optional[str]:
         ax.grid(axis='x', alpha=0.3)
     for ax in list(axes.flat)[len(labels):]:
         ax.axis('off')
-    fig.suptitle(f'{family.label}: difference to {family.baseline} at {family.tokens:,} tokens, headline metrics '
-                 '(95% CI; green/red: marked after adjustment; grey: ±MDE)', fontsize=10)
+    fig.suptitle(f'{family.label}: difference to {family.baseline} at {family.tokens:,} tokens, headline metrics\n'
+                 '95% CI; green/red: marked after adjustment; grey band: ±MDE (80% power)', fontsize=10)
     return save_figure(fig, path)

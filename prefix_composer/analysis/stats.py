@@ -13,12 +13,14 @@ same order); values are 0/1 correctness or a real number such as per-item NLL. W
   test of ``b = #(x=1, y=0)`` out of ``b + c`` discordant items at 1/2); otherwise the sign-flip
   permutation test on the per-item differences ``d_i = mean_k d[k, i]`` (under H0 each ``d_i`` is
   symmetric about 0, so every sign vector ``s`` in {-1, +1}^n is equally likely and
-  ``p = P_s(|sum_i s_i d_i| >= |sum_i d_i|)``). For 0/1 data with one seed the two tests coincide.
+  ``p = P_s(|sum_i s_i d_i| >= |sum_i d_i|)``), exact or by its normal approximation where valid,
+  Monte Carlo only for few, dominant differences (``sign_flip_test``). For 0/1 data with one seed
+  the two tests coincide.
   The p-value is conditional on the trained runs: it asks whether these checkpoints differ on the
   population of items, not whether a fresh seed would (with 2-3 seeds no seed-level test has any
   power; the bootstrap interval is where seed variance shows);
-* multiplicity: Holm step-down (family-wise error) or Benjamini-Hochberg (false discovery rate)
-  across the whole table of comparisons.
+* multiplicity: Holm step-down (family-wise error) or Benjamini-Hochberg (false discovery rate);
+* power: the minimum detectable effect at a level (``minimum_detectable_effect``).
 """
 
 from __future__ import annotations
