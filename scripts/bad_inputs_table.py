@@ -293,7 +293,7 @@ def refusal(case: Case, work: Path, clean_mds: dict[Optional[str], Path]) -> tup
     run_root, mds = work / 'runs', work / 'mds'
     shutil.copytree(clean_mds[case.compression], mds)
     kept = case.prepare(run_root, mds) if case.prepare else None
-    overrides = [o.format(tmp=run_root) for o in case.overrides]
+    overrides = [o.replace('{tmp}', str(run_root)) for o in case.overrides]
     try:
         train_main([SMOKE, *smoke_overrides(mds, run_root), *TINY_RUN, *overrides])
     except Exception as error:  # what stopped it is the row

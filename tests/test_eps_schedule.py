@@ -215,3 +215,23 @@ def test_sigkill_and_resume_continue_the_schedule_bitwise(tmp_path, tiny_mds, sc
     final = f'smoke_cpu/checkpoints/ep0-ba{BATCHES}-rank0.pt'
     got, want = (torch.load(root / final, map_location='cpu', weights_only=False) for root in (tmp_path, scheduled_run))
     assert assert_equal_states(got, want, ('model', 'optimizers', 'timestamp')) > 20
+
+
+def test_a_changed_schedule_is_refused_at_resume(tiny_mds, tmp_path):
+    """The experiment record holds the schedule key by key: another t2, or a number for the schedule, is
+    another experiment (the record is what ``composer train.py`` checks before resuming)."""
+    from test_run_folder import folder_of, smoke
+
+    from prefix_composer.runtime.experiment import check_experiment
+
+    scheduled = 'algorithms.prefix_smoothing.eps={schedule: ptp, value: 0.2, t1: 10ba, t2: 20ba}'
+    os.makedirs(folder_of(tmp_path))
+    first = check_experiment(smoke(tiny_mds, tmp_path, scheduled), str(folder_of(tmp_path)), resuming=False)
+    assert {k: v for k, v in first['experiment'].items() if k.startswith('algorithms.prefix_smoothing.eps')} == {
+        'algorithms.prefix_smoothing.eps.schedule': 'ptp', 'algorithms.prefix_smoothing.eps.value': 0.2,
+        'algorithms.prefix_smoothing.eps.t1': '10ba', 'algorithms.prefix_smoothing.eps.t2': '20ba'}
+    check_experiment(smoke(tiny_mds, tmp_path, scheduled), str(folder_of(tmp_path)), resuming=True)  # the same: resumes
+    with pytest.raises(ValueError, match='algorithms.prefix_smoothing.eps.t2: "20ba" -> "30ba"'):
+        check_experiment(smoke(tiny_mds, tmp_path, scheduled.replace('20ba', '30ba')), str(folder_of(tmp_path)), resuming=True)
+    with pytest.raises(ValueError, match='algorithms.prefix_smoothing.eps: "<unset>" -> 0.2; algorithms.prefix_smoothing.eps.schedule'):
+        check_experiment(smoke(tiny_mds, tmp_path, 'algorithms.prefix_smoothing.eps=0.2'), str(folder_of(tmp_path)), resuming=True)
