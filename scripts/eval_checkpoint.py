@@ -5,8 +5,10 @@
 
 PATH is a checkpoint file (``.../checkpoints/ep0-ba3815-rank0.pt``) or a run folder (its
 ``checkpoints/latest-rank0.pt``). The checkpoint is exported to a Hugging Face folder (``--hf-dir``
-keeps it; ``lm_eval --model hf --model_args pretrained=<hf-dir>`` reads it), loaded back from
-there, and scored by ``evaluate_lm`` with the callback's settings. The result is one row
+keeps it) whose tokenizer adds one BOS in front of every text, as every training document starts
+(``tokenizer.bos_adding_tokenizer``), so that ``lm_eval --model hf --model_args pretrained=<hf-dir>``
+with its default arguments scores the ids this script scores. The model is loaded back from there
+and scored by ``evaluate_lm`` with the callback's settings and the training tokenizer. The result is one row
 ``checkpoint, batch, tokens, phase=lm_eval, metrics/lm_eval/<task>/<metric>...`` in ``--out``
 (default ``<run folder>/lm_eval_checkpoints.csv``; a checkpoint scored again replaces its row),
 the per-item records file ``ba<batch>.jsonl.gz`` in ``--records-dir`` (default ``<run folder>/lm_eval``,
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import sys
@@ -31,7 +34,7 @@ from composer.core import Precision
 from composer.models.huggingface import HuggingFaceModel, get_hf_config_from_composer_state_dict
 from composer.utils import safe_torch_load
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from prefix_composer.evaluation.harness import AUTOCAST_DTYPES, METRIC_PREFIX, evaluate_lm, requested_settings
 from prefix_composer.evaluation.records import (
@@ -43,6 +46,10 @@ from prefix_composer.evaluation.records import (
     write_records,
 )
 from prefix_composer.evaluation.tasks import build_task_manager, check_tasks
+from prefix_composer.files import read_json
+from prefix_composer.runtime.experiment import RECORD_NAME, unflatten_block
+from prefix_composer.tokenizer import bos_adding_tokenizer
+from prefix_composer.training.algorithm import PrefixSmoothing
 
 LATEST_CHECKPOINT = os.path.join('checkpoints', 'latest-rank0.pt')
 
@@ -57,12 +64,13 @@ def resolve_checkpoint(path: str) -> str:
     raise FileNotFoundError(f'{path} is neither a checkpoint file nor a run folder with {LATEST_CHECKPOINT}.')
 
 
-def export_hf_folder(checkpoint: dict[str, Any], out_dir: str) -> None:
-    """Write the checkpoint's model and tokenizer as a Hugging Face folder (``from_pretrained``-readable).
+def export_hf_folder(checkpoint: dict[str, Any], out_dir: str) -> PreTrainedTokenizerBase:
+    """Write the checkpoint's model and tokenizer as a Hugging Face folder (``from_pretrained``-readable);
+    returns the training tokenizer.
 
     A tokenizer saved under a project class (``PackagedLlama3Tokenizer``) is a plain
-    ``tokenizer.json`` fast tokenizer; its ``tokenizer_class`` is rewritten to
-    ``PreTrainedTokenizerFast`` so that ``AutoTokenizer`` (and ``lm_eval --model hf``) can load it.
+    ``tokenizer.json`` fast tokenizer, loaded as ``PreTrainedTokenizerFast``; the folder gets its
+    ``bos_adding_tokenizer`` form, which ``AutoTokenizer`` (and ``lm_eval --model hf``) load.
     """
     hf_state = checkpoint['state']['integrations']['huggingface']
     tokenizer_files = hf_state.get('tokenizer') or {}
@@ -72,7 +80,7 @@ def export_hf_folder(checkpoint: dict[str, Any], out_dir: str) -> None:
     tokenizer = HuggingFaceModel.load_huggingface_tokenizer_from_saved_state(hf_state, tokenizer_save_dir=out_dir)
     if tokenizer is None:
         raise ValueError('The checkpoint holds no tokenizer: it was not written by a HuggingFaceModel with a tokenizer.')
-    tokenizer.save_pretrained(out_dir)
+    bos_adding_tokenizer(tokenizer).save_pretrained(out_dir)
 
     config = get_hf_config_from_composer_state_dict(checkpoint)
     model = AutoModelForCausalLM.from_config(config)
@@ -80,12 +88,23 @@ def export_hf_folder(checkpoint: dict[str, Any], out_dir: str) -> None:
     consume_prefix_in_state_dict_if_present(weights, prefix='model.')
     model.load_state_dict(weights, strict=True)
     model.save_pretrained(out_dir)
+    return tokenizer
+
+
+def recorded_objective(checkpoint_path: str) -> dict[str, Any] | None:
+    """The objective (``ObjectiveSpec`` fields, as the callback records it) of the run's
+    ``algorithms.prefix_smoothing`` block in the experiment record next to the checkpoint; None without one."""
+    path = os.path.join(os.path.dirname(checkpoint_path), RECORD_NAME)
+    if not os.path.isfile(path):
+        return None
+    block = unflatten_block(read_json(path, 'experiment record')['experiment'], 'algorithms.prefix_smoothing')
+    return dataclasses.asdict(PrefixSmoothing(**block).spec) if block else None
 
 
 def checkpoint_run_identity(checkpoint: dict[str, Any], objective: dict[str, Any] | None) -> dict[str, Any]:
     """The records header's ``run`` for the checkpoint: what the ``lm_eval`` callback saved in it,
-    else built from the checkpoint (name, seed, model config) and ``objective`` (``--objective``),
-    which a run with the ``PrefixSmoothing`` algorithm but no ``lm_eval`` callback does not record."""
+    else built from the checkpoint (name, seed, model config) and ``objective`` (``--objective``, else
+    the run's experiment record), which a run with ``PrefixSmoothing`` but no ``lm_eval`` callback needs."""
     state = checkpoint['state']
     saved = (state.get('callbacks') or {}).get('LMEvalCallback', {}).get('run')
     if saved is not None:
@@ -95,8 +114,9 @@ def checkpoint_run_identity(checkpoint: dict[str, Any], objective: dict[str, Any
         return saved
     smoothed = any(name == 'PrefixSmoothing' for name, _ in state.get('algorithms', []))
     if smoothed and objective is None:
-        raise ValueError('The checkpoint was trained with the PrefixSmoothing algorithm but without callbacks.lm_eval, so '
-                         'it does not record the objective that the per-item records need. Pass the run\'s '
+        raise ValueError(f'The checkpoint was trained with the PrefixSmoothing algorithm but without callbacks.lm_eval, and '
+                         f'no {RECORD_NAME} lies next to it, so nothing records the objective that the per-item records need. '
+                         'Pass the run\'s '
                          "algorithms.prefix_smoothing block: --objective '{\"objective\": \"prefix_softmax\", "
                          '"eps": 1.0, "tau": 1.0, "support": "inclusive"}\'.')
     config = get_hf_config_from_composer_state_dict(checkpoint).to_dict()
@@ -156,16 +176,15 @@ def main(argv: list[str]) -> dict[str, float]:
     check_tasks(task_manager, args.tasks)  # before the checkpoint is read
 
     checkpoint = safe_torch_load(checkpoint_path)
-    run = checkpoint_run_identity(checkpoint, args.objective)
+    run = checkpoint_run_identity(checkpoint, args.objective or recorded_objective(checkpoint_path))
     timestamp = checkpoint['state']['timestamp']['Timestamp']
     run_dir = os.path.dirname(os.path.dirname(checkpoint_path))
     records = records_path(args.records_dir or os.path.join(run_dir, RECORDS_SUBDIR), timestamp['batch'])
     dtype = AUTOCAST_DTYPES[Precision(args.precision)]
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir = args.hf_dir or tmp
-        export_hf_folder(checkpoint, hf_dir)
+        tokenizer = export_hf_folder(checkpoint, hf_dir)
         model = AutoModelForCausalLM.from_pretrained(hf_dir).to(args.device)
-        tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     refuse_other_settings(records, requested_settings(args.tasks, tokenizer, limit, args.num_fewshot,
                                                       args.fewshot_random_seed, dtype))  # before scoring
     result = evaluate_lm(

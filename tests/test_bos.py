@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from lm_eval.api.instance import Instance
 from tokenizers import Tokenizer, processors
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from lm_eval_helpers import load_script, tiny_model, train_tiny, write_local_tasks
 from prefix_composer.data.ascii_text import to_ascii
@@ -16,7 +16,7 @@ from prefix_composer.data.parallel_tokenize import load_worker_tokenizer, tokeni
 from prefix_composer.evaluation.adapter import ShardedHFLM
 from prefix_composer.evaluation.harness import evaluate_lm
 from prefix_composer.evaluation.tasks import build_task_manager
-from prefix_composer.tokenizer import LLAMA3_BOS, LLAMA3_EOS
+from prefix_composer.tokenizer import LLAMA3_BOS, LLAMA3_EOS, bos_adding_tokenizer
 
 BOS, EOS = 128000, 128001
 TASKS = ['local_hellaswag', 'charbench_count_single']
@@ -69,6 +69,22 @@ def assert_one_leading_bos(requests, tokenizer):
         assert context_ids[0] == BOS and BOS not in context_ids[1:] + continuation_ids
         plain = tokenizer(context + continuation, add_special_tokens=False).input_ids
         assert context_ids + continuation_ids == [BOS] + plain
+
+
+def test_exported_tokenizer_adds_one_bos_whichever_tokenizer_the_run_used(tokenizers, tmp_path):
+    """scripts/eval_checkpoint.py's export: saved and loaded back, the packaged and the hub-like
+    tokenizer both encode a document as BOS + the data pipeline's ids, and nothing else."""
+    load_worker_tokenizer(tokenizers['packaged'].backend_tokenizer.to_str(), BOS, EOS)
+    for name, tokenizer in tokenizers.items():
+        bos_adding_tokenizer(tokenizer).save_pretrained(tmp_path / name)
+        exported = AutoTokenizer.from_pretrained(tmp_path / name)
+        for doc in filter(to_ascii, DOCS):  # the pipeline drops a document empty in ASCII
+            assert exported(to_ascii(doc)).input_ids == tokenize_batch([doc]).ids.tolist()[:-1], (name, doc)
+    eos_adding = hub_like(tokenizers['packaged'])
+    eos_adding.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f'$A {LLAMA3_EOS}', special_tokens=[(LLAMA3_EOS, EOS)])
+    with pytest.raises(ValueError, match=r'encodes .a. as \[64, 128001\] with its special tokens and \[64\] without'):
+        bos_adding_tokenizer(eos_adding)
 
 
 def test_hub_like_stand_in_adds_bos_and_the_packaged_tokenizer_does_not(tokenizers):

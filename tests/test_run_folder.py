@@ -4,8 +4,10 @@ subprocess runs of ``composer train.py`` check that the real command stops befor
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -34,11 +36,15 @@ STARTUP_TIMEOUT_S = 600  # the shared test machine can be very slow to import th
 
 # -- the experiment record ------------------------------------------------------------------
 def test_same_experiment_resumes_and_changed_settings_are_logged(tiny_mds, tmp_path, caplog):
-    first = started(tiny_mds, tmp_path)
+    first = started(tiny_mds, tmp_path, 'scheduler.t_max=60ba')
     assert first['experiment']['seed'] == 17 and first['settings']['max_duration'] == '30ba'
     assert first['experiment']['data.train_loader.index_sha256'] is not None  # the MDS split's index is hashed
-    with caplog.at_level(logging.INFO, logger='prefix_composer'):
-        check_experiment(smoke(tiny_mds, tmp_path, 'max_duration=60ba', 'save_interval=5ba'),
+    # the schedule as it runs: every parameter of cosine_with_warmup, the defaults included
+    assert {k: v for k, v in first['experiment'].items() if k.startswith('scheduler.')} == {
+        'scheduler.name': 'cosine_with_warmup', 'scheduler.t_warmup': '4ba', 'scheduler.t_max': '60ba',
+        'scheduler.alpha_f': 0.1, 'scheduler.scale_warmup': False}
+    with caplog.at_level(logging.INFO, logger='prefix_composer'):  # extending up to the absolute t_max
+        check_experiment(smoke(tiny_mds, tmp_path, 'max_duration=60ba', 'save_interval=5ba', 'scheduler.t_max=60ba'),
                          str(folder_of(tmp_path)), resuming=True)
     assert 'max_duration: "30ba" -> "60ba"; save_interval: "10ba" -> "5ba"' in caplog.text
     now = record(tmp_path)
@@ -50,6 +56,8 @@ def test_same_experiment_resumes_and_changed_settings_are_logged(tiny_mds, tmp_p
     ('seed=18', 'seed: 17 -> 18'),
     ('algorithms.prefix_smoothing.eps=0.5', 'algorithms.prefix_smoothing.eps: 1.0 -> 0.5'),
     ('variables.global_seed=18', 'seed: 17 -> 18; train_loader.dataset.shuffle_seed: 17 -> 18'),
+    ('precision=amp_bf16', 'precision: "fp32" -> "amp_bf16"'),
+    ('max_duration=60ba', 'scheduler.t_max: "30ba" -> "60ba"'),  # t_max=1dur follows max_duration
 ])
 def test_changed_experiment_is_refused_naming_both_values(override, changed, tiny_mds, tmp_path):
     before = started(tiny_mds, tmp_path)
@@ -115,6 +123,70 @@ def test_composer_train_refuses_a_changed_seed_before_building_the_model(tiny_md
             f'folder with run_name=<new name>, or, if the change is deliberate, add {ALLOW_KEY}=[seed]') in done.stderr
     assert 'Building tokenizer...' not in done.stderr  # llm-foundry's train() was never entered
     assert not (tmp_path / 'smoke_cpu' / 'metrics.csv').exists()
+
+
+def test_composer_train_refuses_a_max_duration_that_would_restretch_the_cosine(tiny_mds, tmp_path):
+    """yamls/smoke_cpu.yaml leaves t_max at Composer's 1dur: extending the run would stretch the
+    cosine over the batches already trained."""
+    started(tiny_mds, tmp_path)
+    fake_checkpoint(tmp_path)
+    done = composer_start(tiny_mds, tmp_path, 'max_duration=60ba')
+    assert done.returncode != 0
+    assert (f'Changed since {folder_of(tmp_path) / RECORD_NAME}: scheduler.t_max: "30ba" -> "60ba". The LR schedule '
+            'would change at the batches already trained or still to come: cosine_with_warmup(t_warmup=4ba, '
+            't_max=30ba, alpha_f=0.1, scale_warmup=False) -> cosine_with_warmup(t_warmup=4ba, t_max=60ba, alpha_f=0.1, '
+            'scale_warmup=False) (durations relative to max_duration follow it: max_duration 30ba -> 60ba; '
+            'scheduler.t_max defaults to 1dur). To keep the recorded curve, set scheduler.t_max=30ba in the YAML '
+            '(absolute: max_duration may then change up to scheduler.t_max). Start a new run folder with '
+            f'run_name=<new name>, or, if the change is deliberate, add {ALLOW_KEY}=[scheduler.t_max]') in done.stderr, \
+        done.stderr[-3000:]
+    assert 'Building tokenizer...' not in done.stderr
+    assert not (tmp_path / 'smoke_cpu' / 'metrics.csv').exists()
+
+
+LR_COLUMN = 'lr-DecoupledAdamW/group0'
+SMOKE_LR, SMOKE_WARMUP, SMOKE_ALPHA_F = 3.0e-3, 4, 0.1  # yamls/smoke_cpu.yaml's optimizer.lr and scheduler
+
+
+def cosine_with_warmup_lr(batches_done: int, t_max: int) -> float:
+    """The LR after ``batches_done`` batches: linear warmup over SMOKE_WARMUP batches, then a cosine
+    from SMOKE_LR to SMOKE_ALPHA_F * SMOKE_LR at batch ``t_max`` (math, float64)."""
+    if batches_done < SMOKE_WARMUP:
+        return SMOKE_LR * batches_done / SMOKE_WARMUP
+    frac = min(1.0, (batches_done - SMOKE_WARMUP) / (t_max - SMOKE_WARMUP))
+    return SMOKE_LR * (SMOKE_ALPHA_F + (1 - SMOKE_ALPHA_F) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def logged_lrs(run_root) -> dict[int, float]:
+    with open(run_root / 'smoke_cpu' / 'metrics.csv', newline='') as f:
+        return {int(row['batch']): float(row[LR_COLUMN]) for row in csv.DictReader(f)
+                if row['phase'] == 'train' and row.get(LR_COLUMN)}
+
+
+def test_extending_a_run_with_an_absolute_t_max_continues_its_lr_curve(tiny_mds, tmp_path):
+    """An 8-batch cosine trained 4 batches, then extended to 8: the LR read back from metrics.csv at
+    every batch is the uninterrupted curve's. Dropping the pin (t_max back to 1dur) is refused."""
+    leg = ('save_interval=4ba', 'console_log_interval=1ba', 'eval_interval=4ba', 'eval_subset_num_batches=1')
+    first = composer_start(tiny_mds, tmp_path, 'max_duration=4ba', 'scheduler.t_max=8ba', *leg)
+    assert first.returncode == 0, first.stderr[-5000:]
+    assert (folder_of(tmp_path) / 'ep0-ba4-rank0.pt').exists()
+
+    forgot = composer_start(tiny_mds, tmp_path, 'max_duration=6ba', *leg)  # t_max=1dur would make it 6ba
+    assert forgot.returncode != 0
+    assert ('scheduler.t_max: "8ba" -> "6ba". The LR schedule would change' in forgot.stderr
+            and 'set scheduler.t_max=8ba in the YAML' in forgot.stderr), forgot.stderr[-5000:]
+    assert 'Building tokenizer...' not in forgot.stderr and sorted(logged_lrs(tmp_path)) == [1, 2, 3, 4]
+
+    extended = composer_start(tiny_mds, tmp_path, 'max_duration=8ba', 'scheduler.t_max=8ba', *leg)
+    assert extended.returncode == 0, extended.stderr[-5000:]
+    assert 'Resuming from checkpoint' in extended.stderr or 'ep0-ba4-rank0.pt' in extended.stderr
+    lrs = logged_lrs(tmp_path)
+    assert sorted(lrs) == list(range(1, 9))
+    # Composer steps the scheduler before it advances the batch counter: the LR logged at batch b is
+    # the schedule's value after b - 1 batches (the LR batch b + 1 trains with).
+    for batch, lr in lrs.items():
+        assert lr == pytest.approx(cosine_with_warmup_lr(batch - 1, t_max=8), rel=1e-6, abs=1e-12), batch
+    assert record(tmp_path)['experiment']['scheduler.t_max'] == '8ba' and record(tmp_path)['changes'] == []
 
 
 # -- the run lock ---------------------------------------------------------------------------

@@ -95,7 +95,8 @@ def test_an_objective_that_is_plain_ce_on_the_data_warns(tiny_mds, tmp_path, cap
 
 
 def test_composer_cli_trains_and_autoresumes(tiny_mds, tmp_path):
-    command = [os.path.join(os.path.dirname(sys.executable), 'composer'), 'train.py', SMOKE, *tiny_overrides(tiny_mds, tmp_path)]
+    command = [os.path.join(os.path.dirname(sys.executable), 'composer'), 'train.py', SMOKE, *tiny_overrides(tiny_mds, tmp_path),
+               'scheduler.t_max=6ba']  # absolute: extending max_duration to 6 batches keeps the LR curve
     subprocess.run(command, cwd=REPO, check=True, capture_output=True)
     first = read_metrics(tmp_path, 'smoke_cpu')
     assert first[first.phase == 'train'].batch.tolist() == [1, 2, 3, 4]

@@ -6,14 +6,18 @@ the model is built)::
     format:     "prefix_composer.experiment/1"
     run_name, started (UTC, the first start)
     experiment: {dotted key: value} of the experiment-defining entries of the resolved config
-                (``EXPERIMENT_KEYS``) plus the sha256 of each loader's data manifest/index (``data.*``)
+                (``EXPERIMENT_KEYS``; ``scheduler.*`` as ``schedule.resolved_schedule``: every parameter,
+                durations relative to max_duration resolved) plus the sha256 of each loader's data
+                manifest/index (``data.*``)
     settings:   {dotted key: value} of every other entry, as at the last start
     changes:    [{at, allowed, experiment: {key: [recorded, now]}}] deliberate changes let through
 
 A run that resumes a checkpoint with an experiment entry changed stops with an error naming each
 key (recorded -> now); ``allow_experiment_change=[key, ...]`` (a key or a dotted prefix such as
 ``optimizer``) lets a deliberate change through and records it. Other settings (``max_duration``,
-intervals, micro-batch size, callbacks, loggers, ...) may change and are logged. A fresh start (no
+intervals, micro-batch size, callbacks, loggers, ...) may change and are logged; a ``max_duration``
+change that moves a ``dur``-relative duration of the schedule (``t_max`` defaults to ``1dur``)
+changes ``scheduler.*`` and is refused, with the recorded value to pin. A fresh start (no
 checkpoint to resume) records its own experiment. A folder with checkpoints but no record (made
 before this check) gets the current config recorded, with a warning: it cannot be compared.
 """
@@ -32,6 +36,7 @@ from omegaconf import OmegaConf as om
 from prefix_composer.config import run_loaders
 from prefix_composer.data.manifest import mds_manifest_path
 from prefix_composer.files import read_json, sha256_file, write_json_atomic
+from prefix_composer.runtime.schedule import describe_schedule, parse_duration, resolved_schedule
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +49,7 @@ EXPERIMENT_KEYS = (
     'optimizer', 'scheduler', 'train_loader.name', 'train_loader.dataset.remote', 'train_loader.dataset.split',
     'train_loader.dataset.max_seq_len', 'train_loader.dataset.shuffle', 'train_loader.dataset.shuffle_seed',
     'train_loader.dataset.shuffle_algo', 'train_loader.dataset.shuffle_block_size',
-    'train_loader.dataset.num_canonical_nodes', 'data',
+    'train_loader.dataset.num_canonical_nodes', 'data', 'precision',
 )
 UNSET = '<unset>'
 
@@ -89,8 +94,10 @@ def data_identity(cfg: DictConfig) -> dict[str, Any]:
 
 
 def run_entries(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(experiment, settings): the resolved config as dotted keys, split by ``EXPERIMENT_KEYS``."""
-    flat = flatten({k: v for k, v in om.to_container(cfg, resolve=True).items() if k != 'variables'})
+    """(experiment, settings): the resolved config as dotted keys, split by ``EXPERIMENT_KEYS``; the
+    scheduler block as the schedule the Trainer will run (``resolved_schedule``)."""
+    flat = flatten({k: v for k, v in om.to_container(cfg, resolve=True).items() if k not in ('variables', 'scheduler')})
+    flat.update(flatten(resolved_schedule(cfg), 'scheduler.'))
     flat.update(data_identity(cfg))
     experiment = {k: v for k, v in flat.items() if any(under(k, p) for p in EXPERIMENT_KEYS)}
     return experiment, {k: v for k, v in flat.items() if k not in experiment}
@@ -104,6 +111,31 @@ def differences(recorded: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str
 
 def describe(changes: Mapping[str, tuple[Any, Any]]) -> str:
     return '; '.join(f'{k}: {json.dumps(old)} -> {json.dumps(new)}' for k, (old, new) in changes.items())
+
+
+def unflatten_block(flat: Mapping[str, Any], block: str) -> dict[str, Any]:
+    """``{'scheduler.t_max': v}`` -> ``{'t_max': v}`` for the entries under ``block``."""
+    return {k[len(block) + 1:]: v for k, v in flat.items() if under(k, block) and k != block}
+
+
+def schedule_advice(record: Mapping[str, Any], experiment: Mapping[str, Any], settings: Mapping[str, Any],
+                    refused: Sequence[str]) -> str:
+    """What a refused ``scheduler.*`` change does to the LR curve and the absolute values that keep it."""
+    keys = [k for k in refused if under(k, 'scheduler')]
+    if not keys:
+        return ''
+    new = unflatten_block(experiment, 'scheduler')
+    recorded = unflatten_block(record['experiment'], 'scheduler')  # sorted by key in the file
+    old = {**{k: recorded[k] for k in new if k in recorded}, **recorded}
+    was = record['settings'].get('max_duration', UNSET)
+    moved = (f' (durations relative to max_duration follow it: max_duration {was} -> {settings.get("max_duration")}; '
+             f'scheduler.t_max defaults to 1dur)' if was != settings.get('max_duration') else '')
+    pins = [f'{k}={record["experiment"][k]}' for k in keys
+            if k in record['experiment'] and parse_duration(record['experiment'][k]) is not None]
+    keep = (f' To keep the recorded curve, set {" ".join(pins)} in the YAML (absolute: max_duration may then change '
+            f'up to scheduler.t_max).' if pins else '')
+    return (f' The LR schedule would change at the batches already trained or still to come: '
+            f'{describe_schedule(old)} -> {describe_schedule(new)}{moved}.{keep}')
 
 
 def utc_now() -> str:
@@ -137,7 +169,8 @@ def check_experiment(cfg: DictConfig, folder: str, resuming: bool, allowed: Sequ
         if refused:
             raise ValueError(
                 f'{folder} holds checkpoints of another experiment: resuming them with this config would mix two '
-                f'experiments. Changed since {path}: {describe({k: changed[k] for k in refused})}. Start a new run '
+                f'experiments. Changed since {path}: {describe({k: changed[k] for k in refused})}.'
+                f'{schedule_advice(record, experiment, settings, refused)} Start a new run '
                 f'folder with run_name=<new name>, or, if the change is deliberate, add '
                 f'{ALLOW_KEY}=[{",".join(refused)}] to resume with it (it is recorded).',
             )

@@ -3,7 +3,7 @@
 Everything that can be checked before the first batch is checked here or while the Trainer is
 built (objective arguments, model vocab, lm-eval tasks). Here, in order: keys that nothing would
 read and durations that cannot work (``config_checks``), lm-eval's task names and ``limit``,
-FSDP with the fused loss, then
+FSDP with the fused loss, the LR schedule against max_duration (``schedule``), then
 (pre-flight) the run-folder lock, room for a checkpoint and writable output folders, the
 checkpoints autoresume will load and the experiment they belong to, stale shared memory, and the
 MDS data against the run and its shard files.
@@ -36,6 +36,7 @@ from prefix_composer.runtime.config_checks import check_config_keys, check_durat
 from prefix_composer.runtime.experiment import check_experiment, take_allowed_changes
 from prefix_composer.runtime.multinode import install_node_signal_file_name
 from prefix_composer.runtime.run_folder import check_writable, lock_run_folder
+from prefix_composer.runtime.schedule import check_schedule
 from prefix_composer.runtime.shared_memory import clean_stale_streaming_shm
 from prefix_composer.training.csv_logger import DEFAULT_PATH, metrics_path
 from prefix_composer.training.model import DEFAULT_LOSS_IMPL
@@ -130,6 +131,7 @@ def main(argv: Sequence[str]) -> None:
     if om.select(cfg, 'callbacks.lm_eval') is not None:
         check_lm_eval_config(om.to_container(cfg.callbacks.lm_eval, resolve=True))
     check_parallelism(cfg)
+    check_schedule(cfg)
     # With several ranks build_tokenizer (pre-flight) synchronises them, so the process group must
     # exist first; llm-foundry's train() finds it initialised.
     dist.initialize_dist(get_device(None), timeout=cfg.get('dist_timeout', 600.0))
