@@ -2,7 +2,7 @@
 
 A family is one base file under ``yamls/base/`` plus a table of variants. A variant's YAML is the
 base text with two edits: ``run_name`` set to the variant's name and the ``algorithms:`` block
-replaced by the variant's ``prefix_smoothing`` objective. Comments and layout of the base are
+replaced by the variant's ``prefix_smoothing`` objective (and ``stochastok``, if set). Comments and layout of the base are
 kept, and a header records the provenance and the model's parameter count (computed, see
 ``prefix_composer.param_count``). So within a family only the objective, ``run_name`` and the
 paths built from ``run_name`` can differ (tests/test_configs.py checks it).
@@ -41,9 +41,13 @@ class Variant:
     eps: float
     tau: float = 1.0
     support: str = 'inclusive'
+    expand_prop: float | None = None  # StochasTok split augmentation (algorithms.stochastok), None: off
 
     def algorithms(self) -> dict:
-        return {'prefix_smoothing': {'objective': self.objective, 'eps': self.eps, 'tau': self.tau, 'support': self.support}}
+        blocks = {'prefix_smoothing': {'objective': self.objective, 'eps': self.eps, 'tau': self.tau, 'support': self.support}}
+        if self.expand_prop is not None:  # listed after prefix_smoothing: it splits first on AFTER_ events (FILO)
+            blocks['stochastok'] = {'expand_prop': self.expand_prop}
+        return blocks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +69,8 @@ BRIEF001_PREFIX_EPS = (0.1, 1.0)
 # The longest strict prefix of the gold token takes eps: with scores len_i / tau over P(s) a prefix
 # one byte shorter gets exp(-1/tau) of its weight (e^-20 at 0.05; tests/test_targets.py checks >= 0.999 of eps).
 LONGEST_PREFIX_TAU = 0.05
+# StochasTok (Sims et al. 2025): the paper's expand_prop, with ce and with the prefix objective of yamls/README.md.
+STOCHASTOK_EXPAND_PROP = 0.1
 DEFAULT_SEEDS = (0, 1, 2)
 REPLICA_DIR = 'replicas'
 
@@ -81,6 +87,8 @@ FAMILIES = (
             *(Variant(f'prefix_unnorm_eps{number_tag(e)}', 'prefix_softmax', e) for e in BRIEF001_PREFIX_EPS),
             # modded-nanogpt PR #337: auxiliary cross-entropy on the longest proper byte prefix (yamls/README.md).
             Variant('prefix_longest_eps0p1', 'prefix_softmax', 0.1, LONGEST_PREFIX_TAU, 'strict'),
+            Variant('stochastok_ce', 'ce', 0.0, expand_prop=STOCHASTOK_EXPAND_PROP),
+            Variant('stochastok_prefix_unnorm_eps1', 'prefix_softmax', 1.0, expand_prop=STOCHASTOK_EXPAND_PROP),
         ),
     ),
     Family(
@@ -107,6 +115,8 @@ def render_algorithms(variant: Variant) -> str:
     spec = variant.algorithms()['prefix_smoothing']
     lines = ['algorithms:', '  prefix_smoothing:', f'    objective: {spec["objective"]}']
     lines += [f'    eps: {float(spec["eps"])!r}', f'    tau: {float(spec["tau"])!r}', f'    support: {spec["support"]}']
+    if variant.expand_prop is not None:
+        lines += ['  stochastok:', f'    expand_prop: {float(variant.expand_prop)!r}']
     return '\n'.join(lines) + '\n'
 
 
@@ -134,7 +144,8 @@ def header(family: Family, variant: Variant, total: int, embedding: int, k: int 
         f'# in scripts/make_yamls.py) and regenerate with `uv run python scripts/make_yamls.py`.\n'
         f'# {family.title}: {family.summary}\n'
         f'# Variant {variant.name}: objective {spec["objective"]}, eps {spec["eps"]!r}, '
-        f'tau {spec["tau"]!r}, support {spec["support"]}.\n'
+        f'tau {spec["tau"]!r}, support {spec["support"]}'
+        + (f'; StochasTok expand_prop {variant.expand_prop!r}.\n' if variant.expand_prop is not None else '.\n') +
         f'# Model: {total:,} parameters = {embedding:,} tied embedding (counted once) + '
         f'{total - embedding:,} other\n'
         f'# (prefix_composer.param_count: LlamaForCausalLM on the meta device, unique parameters).\n'

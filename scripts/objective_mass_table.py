@@ -47,6 +47,13 @@ def variant_spec(name: str) -> ObjectiveSpec:
     return ObjectiveSpec(**om.to_container(block))
 
 
+def stochastok_note(name: str) -> str:
+    """The note of a variant that also splits its inputs (``algorithms.stochastok``): its targets are its objective's."""
+    block = om.select(om.load(os.path.join(REPO, 'yamls', f'{name}.yaml')), 'algorithms.stochastok')
+    return '' if block is None else (f'+ StochasTok expand_prop {block.expand_prop:g}: splits the inputs; the targets '
+                                     f'are those of its objective')
+
+
 def table_row(name: str, pieces: list[bytes], specials: set[int]) -> str:
     spec = variant_spec(name)
     table = build_target_table(pieces, specials, spec)
@@ -54,6 +61,7 @@ def table_row(name: str, pieces: list[bytes], specials: set[int]) -> str:
     gold_is_one = (table.weights[:, 0] == 1.0) & (table.uniform_mass == 0.0)  # column 0 is the gold id itself
     mass = float(off_gold.mean())
     note = PLAIN_CE if spec.objective != 'ce' and mass < PLAIN_CE_OFF_GOLD else ''
+    note = '; '.join(filter(None, [note, stochastok_note(name)]))
     cells = [f'`{name}`', f'`{spec.objective}`', f'{spec.eps:g}', f'{spec.tau:g}', spec.support, f'{mass:.4g}',
              f'{float(off_gold.max()):.4g}', f'{float(entropy.mean()):.4g}',
              f'{int(gold_is_one.sum()):,} / {len(gold_is_one):,} ({float(gold_is_one.double().mean()):.4f})', note]

@@ -134,6 +134,8 @@ EXPECTED_OBJECTIVES = {
     'prefix_unnorm_eps0p1': ('prefix_softmax', 0.1, 1.0),
     'prefix_unnorm_eps1': ('prefix_softmax', 1.0, 1.0),
     'prefix_longest_eps0p1': ('prefix_softmax', 0.1, make_yamls.LONGEST_PREFIX_TAU, 'strict'),
+    'stochastok_ce': ('ce', 0.0, 1.0),
+    'stochastok_prefix_unnorm_eps1': ('prefix_softmax', 1.0, 1.0),
     'b000_ce': ('ce', 0.0, 1.0),
     **{f'b000_norm_tau{tag}': ('prefix_softmax_norm', 1.0, t) for tag, t in
        [('0p05', 0.05), ('0p1', 0.1), ('0p2', 0.2), ('0p5', 0.5), ('1', 1.0), ('2', 2.0)]},
@@ -141,13 +143,18 @@ EXPECTED_OBJECTIVES = {
        [('0p05', 0.05), ('0p1', 0.1), ('0p2', 0.2), ('0p5', 0.5), ('1', 1.0), ('2', 2.0)]},
 }
 
+EXPECTED_STOCHASTOK = {'stochastok_ce': 0.1, 'stochastok_prefix_unnorm_eps1': 0.1}  # variant: expand_prop
+
 
 @pytest.mark.parametrize('name, k', list(REPLICAS))
 def test_variant_objective_and_run_name(name, k):
     cfg = resolved(REPLICAS[name, k])
     objective, eps, tau, *support = EXPECTED_OBJECTIVES[name]
     support = support[0] if support else 'inclusive'
-    assert cfg['algorithms'] == {'prefix_smoothing': {'objective': objective, 'eps': eps, 'tau': tau, 'support': support}}
+    expected = {'prefix_smoothing': {'objective': objective, 'eps': eps, 'tau': tau, 'support': support}}
+    if name in EXPECTED_STOCHASTOK:  # after prefix_smoothing: it splits before the first-batch measurement
+        expected['stochastok'] = {'expand_prop': EXPECTED_STOCHASTOK[name]}
+    assert cfg['algorithms'] == expected and list(cfg['algorithms']) == list(expected)
     run_name = Path(REPLICAS[name, k]).name
     assert run_name == (name if k == 0 else f'{name}_seed{k}')
     assert cfg['run_name'] == run_name  # = the YAML stem, so a restarted job resumes into the same folder

@@ -242,3 +242,26 @@ def test_sigkill_and_resume_split_the_same_samples_bitwise(tmp_path, tiny_mds, s
     assert finish(proc) == 0, proc.log_path.read_text()[-5000:]
     assert 2 <= resumed_from(proc.log_path.read_text()) < MAX_BATCHES
     assert_same_final_state(tmp_path, straight_run)
+
+
+# -- the run's identity in the records and the report ------------------------------------------------
+
+def test_the_report_tells_stochastok_ce_from_the_ce_baseline():
+    from prefix_composer.analysis.report import Run, check_variants, choose_baseline, run_objective_label
+    from prefix_composer.evaluation.records import run_identity
+
+    ce = {'objective': 'ce', 'eps': 0.0, 'tau': 1.0, 'support': 'inclusive'}
+    split = {'stochastok': {'expand_prop': 0.1}}
+    assert 'augmentation' not in run_identity('b000_ce', 17, {}, ce)  # unaugmented records keep their identity
+    assert run_identity('stochastok_ce', 17, {}, ce, split)['augmentation'] == split
+
+    def run(name, augmentation, seed=17):
+        return Run(folder=f'/runs/{name}', name=name, variant=name.split('_seed')[0], seed=seed, objective=ce, model={},
+                   records={}, validation={}, augmentation=augmentation)
+
+    variants = check_variants([run('stochastok_ce', split), run('b000_ce', None)])
+    assert choose_baseline(variants, 'ce') == 'b000_ce'
+    assert choose_baseline(check_variants([run('stochastok_ce', split)]), 'ce') is None
+    assert run_objective_label(variants['stochastok_ce'][17]).endswith(' + stochastok expand_prop=0.1')
+    with pytest.raises(ValueError, match='train different objectives'):
+        check_variants([run('stochastok_ce', split), run('stochastok_ce_seed1', None, 18)])

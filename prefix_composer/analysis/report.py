@@ -2,7 +2,7 @@
 
 * A **run** is a folder with per-item lm-eval records (``<run>/lm_eval/ba<batch>.jsonl.gz``) and
   usually a ``metrics.csv``. Its identity is the records header's ``run`` block (all of its
-  records must agree): name, seed, model config, objective.
+  records must agree): name, seed, model config, objective (and augmentation: StochasTok).
 * A **family** is the set of runs with the same model architecture (``run.model``, never the
   folder name): brief 001's ~100M and brief 000's ~500M runs are never mixed. A **variant** is a
   run name without its ``_seed<k>`` suffix; its runs must share one objective, one run per seed.
@@ -78,6 +78,7 @@ class Run:
     model: dict[str, Any]
     records: dict[int, str]                # tokens -> records file
     validation: dict[int, dict[str, float]]  # tokens -> {metrics/eval/<Name>: value}
+    augmentation: Optional[dict[str, Any]] = None  # run.augmentation: inputs split by StochasTok
 
 
 @dataclasses.dataclass
@@ -140,7 +141,8 @@ def load_run(folder: str) -> Run:
     run = first['run']
     return Run(folder=folder, name=run['run_name'], variant=SEED_SUFFIX.sub('', run['run_name']), seed=run['seed'],
                objective=run['objective'], model=run['model'],
-               records={h['tokens']: p for p, h in headers.items()}, validation=read_validation(folder))
+               records={h['tokens']: p for p, h in headers.items()}, validation=read_validation(folder),
+               augmentation=run.get('augmentation'))
 
 
 def family_label(model: dict[str, Any]) -> str:
@@ -171,20 +173,23 @@ def check_variants(runs: list[Run]) -> dict[str, dict[int, Run]]:
             raise ValueError(f'{seeds[run.seed].folder} and {run.folder} are both variant {run.variant!r} with seed '
                              f'{run.seed}; pass only one of them.')
         other = next(iter(seeds.values()), None)
-        if other is not None and other.objective != run.objective:
+        if other is not None and (other.objective, other.augmentation) != (run.objective, run.augmentation):
             raise ValueError(f'{other.folder} and {run.folder} are both variant {run.variant!r} but train different '
-                             f'objectives ({json.dumps(other.objective)} vs {json.dumps(run.objective)}).')
+                             f'objectives ({objective_label(other.objective, other.augmentation)} vs '
+                             f'{objective_label(run.objective, run.augmentation)}).')
         seeds[run.seed] = run
     return dict(sorted(variants.items()))
 
 
 def choose_baseline(variants: dict[str, dict[int, Run]], baseline: str) -> Optional[str]:
-    """The variant named ``baseline``, else the one variant whose objective is ``baseline`` (``ce``
-    is ``b000_ce`` in brief 000's family); None if there is none; ``ValueError`` if ambiguous."""
+    """The variant named ``baseline``, else the one variant whose objective is ``baseline`` on unaugmented
+    inputs (``ce`` is ``b000_ce`` in brief 000's family, never ``stochastok_ce``); None if there is none;
+    ``ValueError`` if ambiguous."""
     if baseline in variants:
         return baseline
-    matches = [v for v, seeds in variants.items()
-               if (next(iter(seeds.values())).objective or {'objective': 'ce'})['objective'] == baseline]
+    firsts = {v: next(iter(seeds.values())) for v, seeds in variants.items()}
+    matches = [v for v, run in firsts.items()
+               if (run.objective or {'objective': 'ce'})['objective'] == baseline and run.augmentation is None]
     if len(matches) > 1:
         raise ValueError(f'--baseline {baseline!r} matches the objective of several variants {matches}; name one of them.')
     return matches[0] if matches else None
@@ -327,10 +332,14 @@ class Row:
     marked: str = ''
 
 
-def objective_label(objective: Optional[dict[str, Any]]) -> str:
-    if objective is None:
-        return 'ce (no PrefixSmoothing)'
-    return ' '.join(f'{k}={v}' for k, v in objective.items())
+def objective_label(objective: Optional[dict[str, Any]], augmentation: Optional[dict[str, Any]] = None) -> str:
+    label = 'ce (no PrefixSmoothing)' if objective is None else ' '.join(f'{k}={v}' for k, v in objective.items())
+    return label + ''.join(f' + {name} ' + ' '.join(f'{k}={v}' for k, v in block.items())
+                           for name, block in (augmentation or {}).items())
+
+
+def run_objective_label(run: Run) -> str:
+    return objective_label(run.objective, run.augmentation)
 
 
 def rng_seed(*parts: str) -> int:
@@ -357,7 +366,7 @@ def family_rows(family: Family, n_boot: int, n_perm: int) -> list[Row]:
                 continue  # no replica in common with the baseline (stated in the notes)
             x = np.stack([table.values(seeds[s], tasks, metric) for s in paired])
             mean, sd = mean_sd_over_seeds(x)
-            row = Row(**common, n_items=x.shape[1], variant=variant, objective=objective_label(seeds[paired[0]].objective),
+            row = Row(**common, n_items=x.shape[1], variant=variant, objective=run_objective_label(seeds[paired[0]]),
                       n_seeds=len(paired), mean=mean, sd=sd)
             if variant != family.baseline:
                 y = np.stack([table.values(base[s], tasks, metric) for s in paired])
@@ -391,7 +400,7 @@ def validation_rows(family: Family, variants: dict[str, dict[int, Run]], n_perm:
                 continue
             x = np.array([seeds[s].validation[family.tokens][column] for s in paired])
             mean, sd = mean_sd_over_seeds(x[:, None])  # one value per seed
-            row = Row(**common, variant=variant, objective=objective_label(seeds[paired[0]].objective),
+            row = Row(**common, variant=variant, objective=run_objective_label(seeds[paired[0]]),
                       n_seeds=len(paired), mean=mean, sd=sd)
             if variant != family.baseline and name not in NOT_COMPARED:
                 y = np.array([base[s].validation[family.tokens][column] for s in paired])
@@ -473,7 +482,7 @@ def family_section(family: Family, rows: list[Row], method: str, alpha: float) -
     settings = family.header['settings']
     tested = sum(np.isfinite(r.p) for r in rows)
     runs = sorted(family.runs, key=lambda r: (r.variant, r.seed))
-    run_lines = [f'| {r.variant} | {r.seed} | {r.name} | {objective_label(r.objective)} | '
+    run_lines = [f'| {r.variant} | {r.seed} | {r.name} | {run_objective_label(r)} | '
                  f'{", ".join(f"{t:,}" for t in sorted(r.records))} | {r.folder} |' for r in runs]
     lines = [
         f'## Family {family.label}',
