@@ -76,7 +76,7 @@ def test_committed_yamls_are_what_the_generator_writes(tmp_path):
     assert make_yamls.main(['--out-dir', str(tmp_path)]) == 0
     generated = generated_files(tmp_path)
     assert generated == sorted(f'{stem}.yaml' for stem in REPLICAS.values())
-    assert len(generated) == (8 + 13) * len(SEEDS) and len(SEEDS) == 3
+    assert len(generated) == (8 + 2 + 13) * len(SEEDS) and len(SEEDS) == 3
     by_hand = {'smoke_cpu.yaml'} | {str(p.relative_to(YAMLS)) for p in (YAMLS / 'base').iterdir()}
     assert set(generated_files(YAMLS)) - by_hand == set(generated), 'yamls/ holds YAMLs the generator does not write'
     for name in generated:
