@@ -10,6 +10,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import sysconfig
 
 import numpy as np
@@ -265,3 +266,11 @@ def test_the_report_tells_stochastok_ce_from_the_ce_baseline():
     assert run_objective_label(variants['stochastok_ce'][17]).endswith(' + stochastok expand_prop=0.1')
     with pytest.raises(ValueError, match='train different objectives'):
         check_variants([run('stochastok_ce', split), run('stochastok_ce_seed1', None, 18)])
+
+
+def test_the_demo_trains_a_stochastok_variant_with_its_split_block():
+    sys.path.insert(0, os.path.join(REPO, 'scripts'))  # as `python scripts/demo.py` has it
+    import demo
+
+    assert demo.augmentation_overrides('stochastok_prefix_unnorm_eps1') == ['algorithms.stochastok.expand_prop=0.1']
+    assert demo.augmentation_overrides('prefix_unnorm_eps1') == []
