@@ -181,7 +181,7 @@ def expand(input_ids: torch.Tensor, valid: torch.Tensor, table: SplitTable, expa
     lengths = torch.full((batch,), width, device=device)  # entries of each row (valid or not)
     attempts = (valid.sum(1).to(torch.float64) * expand_prop).floor().to(torch.int64)  # int(n * p), as the reference
     splits = torch.zeros(batch, dtype=torch.int64, device=device)
-    rounds = math.ceil(expand_prop / ROUND_PROP) if expand_prop > 0 and len(table.left) else 0
+    rounds = math.ceil(round(expand_prop / ROUND_PROP, 9)) if expand_prop > 0 and len(table.left) else 0  # 0.07: 7, not 8
     for r, k in enumerate(attempts_per_round(attempts, rounds)):
         current = tokens.shape[1]
         column = torch.arange(current, device=device)
