@@ -103,6 +103,13 @@ def objective_block(variant: str) -> dict:
     return objective_spec(**OmegaConf.to_container(block)).to_config(complete=True)
 
 
+def augmentation_overrides(variant: str) -> list[str]:
+    """Overrides for the other algorithm blocks of ``yamls/<variant>.yaml`` (``stochastok``: split inputs)."""
+    blocks = OmegaConf.to_container(OmegaConf.load(os.path.join(REPO, 'yamls', f'{variant}.yaml')).algorithms)
+    return [f'algorithms.{name}.{key}={value}' for name, block in blocks.items() if name != 'prefix_smoothing'
+            for key, value in block.items()]
+
+
 def plan_runs(seeds: int, batches: int, limit: int, extra: list[str], variants: tuple[str, ...] = VARIANTS) -> list[PlannedRun]:
     """Every (variant, replica) run; replica k of every variant shares seed and data order 17 + k."""
     if seeds < 1 or batches < 2 or limit < 1:
@@ -118,6 +125,7 @@ def plan_runs(seeds: int, batches: int, limit: int, extra: list[str], variants: 
             overrides = (
                 f'run_name={name}', f'variables.run_root={RUN_ROOT}',
                 *(f'algorithms.prefix_smoothing.{key}={flow_yaml(value)}' for key, value in block.items()),
+                *augmentation_overrides(variant),
                 f'variables.global_seed={seed}',  # the YAML derives seed and shuffle_seed from it
                 f'max_duration={batches}ba', f'eval_interval={min(EVAL_EVERY, batches)}ba',
                 f'callbacks.lm_eval.tasks=[{",".join(TASKS)}]', f'callbacks.lm_eval.limit={limit}',

@@ -50,6 +50,13 @@ def variant_spec(name: str) -> ObjectiveSpec:
     return objective_spec(**om.to_container(block))
 
 
+def stochastok_note(name: str) -> str:
+    """The note of a variant that also splits its inputs (``algorithms.stochastok``): its targets are its objective's."""
+    block = om.select(om.load(os.path.join(REPO, 'yamls', f'{name}.yaml')), 'algorithms.stochastok')
+    return '' if block is None else (f'+ StochasTok expand_prop {block.expand_prop:g}: splits the inputs; the targets '
+                                     f'are those of its objective')
+
+
 def table_row(name: str, pieces: list[bytes], specials: set[int]) -> str:
     spec = variant_spec(name)
     table = build_target_table(pieces, specials, spec)
@@ -59,7 +66,7 @@ def table_row(name: str, pieces: list[bytes], specials: set[int]) -> str:
     notes = [PLAIN_CE] if spec.objective != 'ce' and mass < PLAIN_CE_OFF_GOLD else []
     if isinstance(spec.eps, EpsSchedule):
         notes.append(f'eps schedule {spec.eps.schedule}: masses at its maximum eps {spec.peak_eps:g}')
-    note = '; '.join(notes)
+    note = '; '.join(filter(None, [*notes, stochastok_note(name)]))
     cells = [f'`{name}`', f'`{spec.objective}`', f'{spec.peak_eps:g}', f'{spec.tau:g}', spec.support, f'{mass:.4g}',
              f'{float(off_gold.max()):.4g}', f'{float(entropy.mean()):.4g}',
              f'{int(gold_is_one.sum()):,} / {len(gold_is_one):,} ({float(gold_is_one.double().mean()):.4f})', note]

@@ -77,7 +77,7 @@ def test_committed_yamls_are_what_the_generator_writes(tmp_path):
     assert make_yamls.main(['--out-dir', str(tmp_path)]) == 0
     generated = generated_files(tmp_path)
     assert generated == sorted(f'{stem}.yaml' for stem in REPLICAS.values())
-    assert len(generated) == (10 + 13) * len(SEEDS) and len(SEEDS) == 3
+    assert len(generated) == (10 + 2 + 13) * len(SEEDS) and len(SEEDS) == 3
     by_hand = {'smoke_cpu.yaml'} | {str(p.relative_to(YAMLS)) for p in (YAMLS / 'base').iterdir()}
     assert set(generated_files(YAMLS)) - by_hand == set(generated), 'yamls/ holds YAMLs the generator does not write'
     for name in generated:
@@ -143,6 +143,8 @@ EXPECTED_OBJECTIVES = {
     'prefix_longest_eps0p1': softmax('prefix_softmax', 0.1, make_yamls.LONGEST_PREFIX_TAU, 'strict'),
     'prefix_ptp': softmax('prefix_softmax', PTP_EPS, 0.05, 'strict'),
     'prefix_ptp_const': softmax('prefix_softmax', 0.2, 0.05, 'strict'),
+    'stochastok_ce': {'objective': 'ce'},
+    'stochastok_prefix_unnorm_eps1': softmax('prefix_softmax', 1.0, 1.0),
     'b000_ce': {'objective': 'ce'},
     **{f'b000_norm_tau{tag}': softmax('prefix_softmax_norm', 1.0, t) for tag, t in
        [('0p05', 0.05), ('0p1', 0.1), ('0p2', 0.2), ('0p5', 0.5), ('1', 1.0), ('2', 2.0)]},
@@ -150,11 +152,16 @@ EXPECTED_OBJECTIVES = {
        [('0p05', 0.05), ('0p1', 0.1), ('0p2', 0.2), ('0p5', 0.5), ('1', 1.0), ('2', 2.0)]},
 }
 
+EXPECTED_STOCHASTOK = {'stochastok_ce': 0.1, 'stochastok_prefix_unnorm_eps1': 0.1}  # variant: expand_prop
+
 
 @pytest.mark.parametrize('name, k', list(REPLICAS))
 def test_variant_objective_and_run_name(name, k):
     cfg = resolved(REPLICAS[name, k])
-    assert cfg['algorithms'] == {'prefix_smoothing': EXPECTED_OBJECTIVES[name]}
+    expected = {'prefix_smoothing': EXPECTED_OBJECTIVES[name]}
+    if name in EXPECTED_STOCHASTOK:  # after prefix_smoothing: it splits before the first-batch measurement
+        expected['stochastok'] = {'expand_prop': EXPECTED_STOCHASTOK[name]}
+    assert cfg['algorithms'] == expected and list(cfg['algorithms']) == list(expected)
     run_name = Path(REPLICAS[name, k]).name
     assert run_name == (name if k == 0 else f'{name}_seed{k}')
     assert cfg['run_name'] == run_name  # = the YAML stem, so a restarted job resumes into the same folder

@@ -88,20 +88,23 @@ def check_variants(runs: list[Run]) -> dict[str, dict[int, Run]]:
             raise ValueError(f'{seeds[run.seed].folder} and {run.folder} are both variant {run.variant!r} with seed '
                              f'{run.seed}; pass only one of them.')
         other = next(iter(seeds.values()), None)
-        if other is not None and other.objective != run.objective:
+        if other is not None and (other.objective, other.augmentation) != (run.objective, run.augmentation):
             raise ValueError(f'{other.folder} and {run.folder} are both variant {run.variant!r} but train different '
-                             f'objectives ({json.dumps(other.objective)} vs {json.dumps(run.objective)}).')
+                             f'objectives ({json.dumps([other.objective, other.augmentation])} vs '
+                             f'{json.dumps([run.objective, run.augmentation])}).')
         seeds[run.seed] = run
     return dict(sorted(variants.items()))
 
 
 def choose_baseline(variants: dict[str, dict[int, Run]], baseline: str) -> Optional[str]:
-    """The variant named ``baseline``, else the one variant whose objective is ``baseline`` (``ce``
-    is ``b000_ce`` in brief 000's family); None if there is none; ``ValueError`` if ambiguous."""
+    """The variant named ``baseline``, else the one variant whose objective is ``baseline`` on
+    unaugmented inputs (``ce`` is ``b000_ce`` in the ~500M family, never ``stochastok_ce``); None if
+    there is none; ``ValueError`` if ambiguous."""
     if baseline in variants:
         return baseline
-    matches = [v for v, seeds in variants.items()
-               if (next(iter(seeds.values())).objective or {'objective': 'ce'})['objective'] == baseline]
+    firsts = {v: next(iter(seeds.values())) for v, seeds in variants.items()}
+    matches = [v for v, run in firsts.items()
+               if (run.objective or {'objective': 'ce'})['objective'] == baseline and run.augmentation is None]
     if len(matches) > 1:
         raise ValueError(f'--baseline {baseline!r} matches the objective of several variants {matches}; name one of them.')
     return matches[0] if matches else None

@@ -87,7 +87,7 @@ def records_cell(run: Run) -> str:
 def family_section(family: Family, rows: list[Row], method: str, alpha: float) -> str:
     settings = family.header['settings']
     runs = sorted(family.runs, key=lambda r: (r.variant, r.seed))
-    run_lines = [f'| {r.variant} | {r.seed} | {r.name} | {objective_label(r.objective)} | {records_cell(r)} | {r.folder} |'
+    run_lines = [f'| {r.variant} | {r.seed} | {r.name} | {objective_label(r)} | {records_cell(r)} | {r.folder} |'
                  for r in runs]
     lines = [
         f'## Family {family.label}',

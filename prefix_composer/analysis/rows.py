@@ -181,10 +181,11 @@ class Row:
     marked: str = ''
 
 
-def objective_label(objective: Optional[dict[str, Any]]) -> str:
-    if objective is None:
-        return 'ce (no PrefixSmoothing)'
-    return ' '.join(f'{k}={v}' for k, v in objective.items())
+def objective_label(run: Run) -> str:
+    """The run's objective block as ``key=value`` words, then each input augmentation (``+ stochastok expand_prop=0.1``)."""
+    label = 'ce (no PrefixSmoothing)' if run.objective is None else ' '.join(f'{k}={v}' for k, v in run.objective.items())
+    return label + ''.join(f' + {name} ' + ' '.join(f'{k}={v}' for k, v in block.items())
+                           for name, block in (run.augmentation or {}).items())
 
 
 def rng_seed(*parts: str) -> int:
@@ -222,7 +223,7 @@ def item_rows(family: Family, kind: str, n_boot: int, n_perm: int) -> list[Row]:
                 continue  # no replica in common with the baseline (stated in the notes)
             x = np.stack([table.values(seeds[s], tasks, metric)[present] for s in paired])
             mean, sd = mean_sd_over_seeds(x)
-            row = Row(**common, n_items=x.shape[1], variant=variant, objective=objective_label(seeds[paired[0]].objective),
+            row = Row(**common, n_items=x.shape[1], variant=variant, objective=objective_label(seeds[paired[0]]),
                       n_seeds=len(paired), mean=mean, sd=sd)
             if variant != family.baseline:
                 y = np.stack([table.values(base[s], tasks, metric)[present] for s in paired])
@@ -257,7 +258,7 @@ def run_level_rows(family: Family, variants: dict[str, dict[int, Run]]) -> list[
                 continue
             x = np.array([seeds[s].validation[family.tokens][column] for s in paired])
             mean, sd = mean_sd_over_seeds(x[:, None])  # one value per seed
-            row = Row(**common, variant=variant, objective=objective_label(seeds[paired[0]].objective),
+            row = Row(**common, variant=variant, objective=objective_label(seeds[paired[0]]),
                       n_seeds=len(paired), mean=mean, sd=sd)
             if variant != family.baseline and name not in NOT_COMPARED:
                 y = np.array([base[s].validation[family.tokens][column] for s in paired])

@@ -33,6 +33,7 @@ class Run:
     records: dict[str, dict[int, str]]     # kind -> tokens -> records file (lm_eval always present)
     validation: dict[int, dict[str, float]]  # tokens -> {metrics/eval/<Name>: value}
     trained_tokens: int                    # the largest token count in metrics.csv (0 without one)
+    augmentation: Optional[dict[str, Any]] = None  # run.augmentation: inputs split by StochasTok
 
 
 def is_run_folder(path: str) -> bool:
@@ -92,4 +93,4 @@ def load_run(folder: str) -> Run:
     return Run(folder=folder, name=run['run_name'], variant=SEED_SUFFIX.sub('', run['run_name']), seed=run['seed'],
                objective=run['objective'], model=run['model'],
                records={kind: {headers[p]['tokens']: p for p in by_batch.values()} for kind, by_batch in files.items() if by_batch},
-               validation=validation, trained_tokens=trained_tokens)
+               validation=validation, trained_tokens=trained_tokens, augmentation=run.get('augmentation'))

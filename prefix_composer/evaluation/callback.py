@@ -44,6 +44,7 @@ from prefix_composer.evaluation.harness import AUTOCAST_DTYPES, METRIC_PREFIX, L
 from prefix_composer.evaluation.records import default_records_folder, records_path, remove_records_after, run_identity, write_records
 from prefix_composer.evaluation.tasks import build_task_manager, check_task_names, check_tasks
 from prefix_composer.training.algorithm import PrefixSmoothing
+from prefix_composer.training.stochastok import StochasTok
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +76,12 @@ def records_folder(state: State, records_dir: Optional[str]) -> str:
 
 
 def state_run_identity(state: State) -> dict[str, Any]:
-    """``run_identity`` of the training run: its name, seed, model config and ``PrefixSmoothing`` objective."""
+    """``run_identity`` of the training run: its name, seed, model config, ``PrefixSmoothing`` objective and StochasTok."""
     model, _ = unwrap_hf_model(state)
     objectives = [algorithm.spec for algorithm in state.algorithms if isinstance(algorithm, PrefixSmoothing)]
+    augmentation = {'stochastok': {'expand_prop': a.expand_prop} for a in state.algorithms if isinstance(a, StochasTok)}
     return run_identity(state.run_name, state.rank_zero_seed, model.config.to_dict(),
-                        objectives[0].to_config(complete=True) if objectives else None)
+                        objectives[0].to_config(complete=True) if objectives else None, augmentation or None)
 
 
 def check_limit(limit: Any) -> None:

@@ -12,7 +12,7 @@ A records file is gzip'd JSON lines. Line 1 is the header, every further line on
 not be compared (``settings_differences`` names what differs). ``info`` holds what does not change
 the scores' meaning (lm-eval version, forward batch size). ``run`` says whose model it was (the
 report groups runs by ``run.model``, pairs seed replicas by ``run.seed`` and names variants by
-``run.objective``). Items are sorted by (task, doc_id); keys are sorted and the gzip header carries
+``run.objective`` and, for a run trained on split inputs, ``run.augmentation``). Items are sorted by (task, doc_id); keys are sorted and the gzip header carries
 no time or name, so equal content gives byte-identical files (1 rank and N ranks write the same).
 
 This module needs only the standard library, so the analysis scripts read records without
@@ -140,15 +140,19 @@ MODEL_KEYS = ('model_type', 'vocab_size', 'hidden_size', 'intermediate_size', 'n
 
 
 def run_identity(run_name: str, seed: int, model_config: Mapping[str, Any],
-                 objective: Mapping[str, Any] | None) -> dict[str, Any]:
+                 objective: Mapping[str, Any] | None, augmentation: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The header's ``run``: name, seed, the architecture keys (``MODEL_KEYS``) of the model
-    config, and the training objective block (``None``: trained without ``PrefixSmoothing``, plain CE)."""
-    return {
+    config, and the training objective block (``None``: trained without ``PrefixSmoothing``, plain CE);
+    ``augmentation`` only for a run whose inputs were augmented (``{'stochastok': {'expand_prop': 0.1}}``)."""
+    identity = {
         'run_name': run_name,
         'seed': int(seed),
         'model': {key: model_config[key] for key in MODEL_KEYS if key in model_config},
         'objective': dict(objective) if objective is not None else None,
     }
+    if augmentation:
+        identity['augmentation'] = {name: dict(block) for name, block in augmentation.items()}
+    return identity
 
 
 def settings_differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = 'settings') -> list[str]:
