@@ -42,7 +42,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from prefix_composer.constants import is_number
 from prefix_composer.evaluation.adapter import EvaluationInterrupted, check_batch_size
 from prefix_composer.evaluation.harness import AUTOCAST_DTYPES, METRIC_PREFIX, LMEvalResult, evaluate_lm
-from prefix_composer.evaluation.records import default_records_folder, records_path, remove_records_after, run_identity, write_records
+from prefix_composer.evaluation.records import RECORDS_SUBDIR, records_path, remove_records_after, run_identity, write_records
+from prefix_composer.evaluation.records import records_folder as kind_records_folder
 from prefix_composer.evaluation.tasks import build_task_manager, check_tasks
 from prefix_composer.training.algorithm import PrefixSmoothing
 
@@ -61,18 +62,20 @@ def unwrap_hf_model(state: State) -> tuple[PreTrainedModel, PreTrainedTokenizerB
     return model, tokenizer
 
 
-def records_folder(state: State, records_dir: Optional[str]) -> str:
-    """``records_dir`` (``{run_name}`` formatted), else ``<parent of the trainer's save_folder>/lm_eval``."""
+def records_folder(state: State, records_dir: Optional[str], callback: str = 'lm_eval', kind: str = RECORDS_SUBDIR) -> str:
+    """``records_dir`` (``{run_name}`` formatted), else ``<parent of the trainer's save_folder>/<kind>``
+    (``callback``: the callback's YAML name, for the error)."""
     if records_dir is not None:
         return format_name_with_dist(records_dir, state.run_name)
-    savers = [callback for callback in state.callbacks if isinstance(callback, CheckpointSaver)]
+    savers = [saver for saver in state.callbacks if isinstance(saver, CheckpointSaver)]
     if not savers or savers[0].remote_uploader is not None:
         raise ValueError(
-            'callbacks.lm_eval writes per-item records next to the checkpoints (<save_folder>/../lm_eval), but this run '
-            f'has {"a remote save_folder" if savers else "no save_folder"}. Set callbacks.lm_eval.records_dir to a '
-            'local or mounted folder (e.g. ${variables.run_root}/${run_name}/lm_eval).',
+            f'callbacks.{callback} writes per-item records next to the checkpoints (<save_folder>/../{kind}), but this run '
+            f'has {"a remote save_folder" if savers else "no save_folder"}. Set callbacks.{callback}.records_dir to a '
+            f'local or mounted folder (e.g. ${{variables.run_root}}/${{run_name}}/{kind}).',
         )
-    return default_records_folder(format_name_with_dist(savers[0].folder, state.run_name))
+    run_folder = os.path.dirname(os.path.abspath(format_name_with_dist(savers[0].folder, state.run_name)))
+    return kind_records_folder(run_folder, kind)
 
 
 def state_run_identity(state: State) -> dict[str, Any]:
