@@ -16,7 +16,8 @@ from llmfoundry.data.text_data import build_text_dataloader
 
 from lm_eval_helpers import load_script, tiny_model, token_loader
 from prefix_composer.evaluation.records import read_records, records_by_batch
-from prefix_composer.evaluation.validation_items import CLASSES, ValidationItems, sample_tokens
+from prefix_composer.evaluation.eval_split import sample_tokens
+from prefix_composer.evaluation.validation_items import CLASSES, ValidationItems
 from prefix_composer.objectives.vocab import bytes_to_unicode
 from prefix_composer.tokenizer import PackagedLlama3Tokenizer
 

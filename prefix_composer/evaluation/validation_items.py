@@ -40,6 +40,7 @@ from transformers import PreTrainedTokenizerBase
 
 from prefix_composer.constants import IGNORE_INDEX
 from prefix_composer.evaluation.callback import records_folder, state_run_identity, unwrap_hf_model
+from prefix_composer.evaluation.eval_split import sample_tokens
 from prefix_composer.evaluation.harness import AUTOCAST_DTYPES
 from prefix_composer.evaluation.records import Records, measurement_records, records_path, remove_records_after, write_records
 from prefix_composer.objectives import strict_prefix_ids, token_byte_strings
@@ -99,12 +100,6 @@ def sequence_item(sample_id: int, sums: Iterable[float]) -> dict[str, Any]:
 def content_digest(tokens: Any) -> str:
     """sha256 of a sequence's token ids (as int64): the key that matches evaluated rows to samples."""
     return hashlib.sha256(torch.as_tensor(tokens, dtype=torch.int64).contiguous().numpy().tobytes()).hexdigest()
-
-
-def sample_tokens(dataset: StreamingDataset, index: int) -> torch.Tensor:
-    """The token ids llm-foundry's text dataset yields for sample ``index`` (pre-tokenized or text)."""
-    sample = dataset[index]
-    return torch.as_tensor(sample['input_ids'] if isinstance(sample, Mapping) else sample, dtype=torch.int64)
 
 
 def split_digests(dataset: StreamingDataset) -> dict[int, str]:
