@@ -101,6 +101,13 @@ def test_records_equal_a_float64_brute_force_for_every_sample(tokenizer, tiny_md
     total = sum(i['nll_sum'] for i in records.items) / sum(i['tokens'] for i in records.items)
     assert total == pytest.approx(float(trainer.state.eval_metric_values['LanguageCrossEntropy']), rel=1e-5)
 
+    # scripts/eval_checkpoint.py --val-data rewrites the callback's file from the final checkpoint
+    by_callback = (folder / 'ba2.jsonl.gz').read_bytes()
+    os.remove(folder / 'ba2.jsonl.gz')
+    load_script('eval_checkpoint').main([str(tmp_path), '--tasks', 'charbench_count_single', '--limit', '1',
+                                         '--val-data', str(tiny_mds / 'val'), '--val-batch-size', '4', '--device', 'cpu'])
+    assert (folder / 'ba2.jsonl.gz').read_bytes() == by_callback
+
 
 def test_records_past_the_resumed_checkpoint_are_replaced(tokenizer, tiny_mds, tmp_path):
     folder = tmp_path / 'validation'

@@ -86,11 +86,17 @@ def path_log_probs(model: PreTrainedModel, paths: list[tuple[list[int], list[int
                 seq = context + continuation
                 ids[row, :len(seq)] = torch.tensor(seq)
                 mask[row, :len(seq)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-            logp = torch.log_softmax(logits, dim=-1).cpu().double()
+            hidden = model.base_model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+            rows, steps, targets = [], [], []  # only the scored positions go through the LM head
             for row, (context, continuation) in enumerate(chunk):
-                steps = range(len(context) - 1, len(context) + len(continuation) - 1)
-                out.append(float(sum(logp[row, s, tok] for s, tok in zip(steps, continuation))))
+                rows += [row] * len(continuation)
+                steps += range(len(context) - 1, len(context) + len(continuation) - 1)
+                targets += continuation
+            logits = model.get_output_embeddings()(hidden[rows, steps]).float()
+            scored = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(targets, device=device)[:, None])
+            scored = scored.squeeze(1).double().cpu()
+            ends = np.cumsum([len(continuation) for _, continuation in chunk])
+            out += [float(x.sum()) for x in torch.tensor_split(scored, ends[:-1].tolist())]
     return out
 
 
