@@ -15,6 +15,10 @@ report groups runs by ``run.model``, pairs seed replicas by ``run.seed`` and nam
 ``run.objective``). Items are sorted by (task, doc_id); keys are sorted and the gzip header carries
 no time or name, so equal content gives byte-identical files (1 rank and N ranks write the same).
 
+The other measurement kinds (``RECORD_KINDS``: ``validation``, ``probes``, ``recovery``, one folder
+each in the run folder, ``records_folder``) use the same format with ``settings.kind`` set
+(``measurement_records``); docs/evaluation.md describes them.
+
 This module needs only the standard library, so the analysis scripts read records without
 importing lm-eval or torch.
 """

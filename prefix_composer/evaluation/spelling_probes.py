@@ -38,7 +38,7 @@ LENGTH_STARTS = (2, 4, 7)  # letter counts where the next length bucket starts: 
 _WORD = re.compile(rb'^ ?([A-Za-z]+)$')
 
 
-PROBE_DEFAULTS = {'max_tokens': 8192, 'folds': 5, 'seed': 0, 'max_iter': 200}
+PROBE_DEFAULTS = {'max_tokens': 4096, 'folds': 5, 'seed': 0, 'max_iter': 100}
 
 
 def probe_settings(config: Mapping[str, Any], key: str = 'callbacks.lm_eval.probes') -> dict[str, Any]:
@@ -95,7 +95,7 @@ def held_out_predictions(features: np.ndarray, target: np.ndarray, folds: list[t
 
 
 def spelling_probes(embedding: torch.Tensor, words: Mapping[int, str], folds: int, seed: int,
-                    max_iter: int = 200) -> tuple[list[dict[str, Any]], dict[str, float]]:
+                    max_iter: int = 100) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """(items, majority macro accuracy per probe) for the [V, d] ``embedding`` on the probe tokens ``words``."""
     ids = list(words)
     features = embedding.detach()[ids].to(torch.float64).cpu().numpy()
