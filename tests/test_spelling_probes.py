@@ -95,3 +95,26 @@ def test_bad_probe_settings_are_refused_when_the_callback_is_built(probes, messa
     write_local_tasks(tmp_path)
     with pytest.raises(ValueError, match=message):
         LMEvalCallback(tasks=['local_winogrande'], include_path=[str(tmp_path)], probes=probes)
+
+
+def test_probe_records_past_the_resumed_checkpoint_are_replaced(tokenizer, tmp_path):
+    tasks_dir = tmp_path / 'tasks'
+    write_local_tasks(tasks_dir)
+    run, folder = tmp_path / 'run', tmp_path / 'run' / 'probes'
+
+    def train(interval: str, **kwargs):
+        callback = LMEvalCallback(tasks=['local_winogrande'], interval=interval, limit=2, batch_size=4,
+                                  include_path=[str(tasks_dir)], probes={'max_tokens': 100, 'folds': 2})
+        train_tiny(tokenizer, '4ba', callbacks=[callback], save_folder=str(run / 'checkpoints'), save_interval='2ba',
+                   run_name='r', **kwargs)
+
+    train('1ba')
+    straight = (folder / 'ba4.jsonl.gz').read_bytes()
+    checkpoints = run / 'checkpoints'
+    (checkpoints / 'ep0-ba4-rank0.pt').unlink()
+    (checkpoints / 'latest-rank0.pt').unlink()
+    (checkpoints / 'latest-rank0.pt').symlink_to('ep0-ba2-rank0.pt')
+    (folder / 'ba4.jsonl.gz').write_bytes(b'written by the preempted run')
+    train('2ba', autoresume=True)  # resumes at batch 2: ba3 (no evaluation at 3 any more) is gone, ba4 rewritten
+    assert sorted(records_by_batch(str(folder))) == [0, 1, 2, 4]
+    assert (folder / 'ba4.jsonl.gz').read_bytes() == straight  # the untrained baseline came from the checkpoint
