@@ -14,8 +14,9 @@
    every variant has ``seed`` = ``shuffle_seed`` = 17 + k (paired: same init and data order) and
    the run name ``<variant>`` (k = 0) or ``<variant>_seed<k>``, in ``runs/demo/``. Each run is
    ``composer train.py yamls/smoke_cpu.yaml`` with overrides, ``--batches`` batches, validation
-   every 10, and the ``lm_eval`` callback on CharBench with ``--limit`` items per subtask at the
-   middle and the end. ``--parallel`` runs train at once, each with cpu_count/parallel torch threads;
+   every 10 on the whole validation split with per-sequence records (``validation_items``), and the
+   ``lm_eval`` callback on CharBench with ``--limit`` items per subtask at the middle and the end,
+   with the spelling probes (``PROBES``, also at batch 0) and prefix-path recovery (``RECOVERY``). ``--parallel`` runs train at once, each with cpu_count/parallel torch threads;
    each run's output goes to ``runs/demo/<run>/demo.log``.
 3. Writes the curves (``scripts/plot_metrics.py``) and the report (``scripts/compare_runs.py``:
    item-paired differences to the baseline with 95% CIs, adjusted p-values and minimum detectable
@@ -63,6 +64,8 @@ VARIANTS = ('ce', 'prefix_unnorm_eps1')  # objective blocks from yamls/<variant>
 CHOICES = tuple(v.name for family in FAMILIES for v in family.variants)
 TASKS = ('charbench',)
 EVAL_EVERY = 10  # batches between validation evaluations
+PROBES = {'max_tokens': 1000, 'folds': 3}  # callbacks.lm_eval.probes: small for 2 cores
+RECOVERY = {'positions': 100, 'context': 64}  # callbacks.lm_eval.recovery
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +133,9 @@ def plan_runs(seeds: int, batches: int, limit: int, extra: list[str], variants: 
                 f'max_duration={batches}ba', f'eval_interval={min(EVAL_EVERY, batches)}ba',
                 f'callbacks.lm_eval.tasks=[{",".join(TASKS)}]', f'callbacks.lm_eval.limit={limit}',
                 f'callbacks.lm_eval.interval={batches // 2}ba', 'callbacks.lm_eval.batch_size=16',
+                'eval_subset_num_batches=-1', 'callbacks.validation_items={}',
+                *(f'callbacks.lm_eval.probes.{key}={value}' for key, value in PROBES.items()),
+                *(f'callbacks.lm_eval.recovery.{key}={value}' for key, value in RECOVERY.items()),
                 *extra,
             )
             runs.append(PlannedRun(name, variant, k, seed, overrides))
@@ -153,8 +159,11 @@ def train(run: PlannedRun, batches: int, limit: int, threads: int) -> str:
     os.makedirs(run.folder, exist_ok=True)
     env = {**os.environ, 'OMP_NUM_THREADS': str(threads)}
     if final_checkpoint(run, batches):  # trained, but the end-of-training evaluation was lost
+        data = load_data_run_config(YAML, [])
         command = [sys.executable, 'scripts/eval_checkpoint.py', run.folder, '--tasks', ','.join(TASKS),
-                   '--limit', str(limit), '--batch-size', '16', '--device', 'cpu']
+                   '--limit', str(limit), '--batch-size', '16', '--device', 'cpu', '--val-data',
+                   os.path.join(data.mds_dir, data.val_split), '--probes', json.dumps(PROBES),
+                   '--recovery', json.dumps(RECOVERY)]
         what = 'final checkpoint scored by scripts/eval_checkpoint.py'
     else:
         command, what = run.command(), 'trained'

@@ -15,6 +15,12 @@ the per-item records file ``ba<batch>.jsonl.gz`` in ``--records-dir`` (default `
 where the callback writes; an existing file there evaluated with other settings is refused, not
 replaced), and the metrics printed as JSON. Use the run's ``precision`` to reproduce the callback's
 numbers and records.
+
+The other measurements of ``docs/evaluation.md``, written beside ``lm_eval/`` in the run folder
+(``<run folder>/<kind>/ba<batch>.jsonl.gz``): ``--val-data`` (the eval split, an MDS folder such as
+``<mds_dir>/val``) writes ``validation/`` (every sequence of the split, ``--val-batch-size`` per forward)
+and, with ``--recovery '{"positions": 2000}'``, ``recovery/``; ``--probes '{}'`` writes ``probes/``
+(its untrained baseline is read from the run's ``probes/ba0.jsonl.gz`` when present).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import transformers
 from composer.core import Precision
 from composer.models.huggingface import HuggingFaceModel, get_hf_config_from_composer_state_dict
 from composer.utils import safe_torch_load
+from llmfoundry.data.text_data import StreamingTextDataset
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
@@ -40,15 +47,21 @@ from prefix_composer.evaluation.harness import AUTOCAST_DTYPES, METRIC_PREFIX, e
 from prefix_composer.evaluation.records import (
     RECORDS_SUBDIR,
     read_header,
+    read_records,
+    records_folder,
     records_path,
     run_identity,
     settings_differences,
     write_records,
 )
+from prefix_composer.evaluation.prefix_recovery import recovery_records, recovery_settings
+from prefix_composer.evaluation.spelling_probes import macro_accuracy, probe_records, probe_settings
 from prefix_composer.evaluation.tasks import build_task_manager, check_tasks
+from prefix_composer.evaluation.validation_items import evaluate_split, validation_records
 from prefix_composer.files import read_json
+from prefix_composer.objectives import token_byte_strings
 from prefix_composer.runtime.experiment import RECORD_NAME, unflatten_block
-from prefix_composer.tokenizer import bos_adding_tokenizer
+from prefix_composer.tokenizer import bos_adding_tokenizer, tokenizer_content_hash
 from prefix_composer.training.algorithm import PrefixSmoothing
 
 LATEST_CHECKPOINT = os.path.join('checkpoints', 'latest-rank0.pt')
@@ -151,6 +164,34 @@ def write_row(path: str, row: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def measure_more(args: argparse.Namespace, model: Any, tokenizer: Any, run: dict[str, Any], timestamp: dict[str, Any],
+                 run_dir: str, dtype: Any, probes: dict[str, Any] | None, recovery: dict[str, Any] | None) -> None:
+    """The validation, probes and recovery records of the checkpoint that the flags ask for."""
+    batch, tokens = timestamp['batch'], timestamp['token']
+    pieces, specials = token_byte_strings(tokenizer)
+    tokenizer_hash = tokenizer_content_hash(tokenizer)
+    model.eval()
+    dataset = None
+    if args.val_data is not None:
+        split_dir = os.path.abspath(args.val_data)
+        dataset = StreamingTextDataset(tokenizer=tokenizer, local=os.path.dirname(split_dir), split=os.path.basename(split_dir),
+                                       shuffle=False, max_seq_len=model.config.max_position_embeddings,
+                                       batch_size=args.val_batch_size)
+        items, digests = evaluate_split(model, dataset, tokenizer, args.val_batch_size, dtype)
+        write_records(records_path(records_folder(run_dir, 'validation'), batch),
+                      validation_records(items, digests, run, batch, tokens, tokenizer, dtype))
+    if probes is not None:
+        untrained_path = records_path(records_folder(run_dir, 'probes'), 0)
+        untrained = macro_accuracy(read_records(untrained_path).items) if batch and os.path.exists(untrained_path) else None
+        write_records(records_path(records_folder(run_dir, 'probes'), batch),
+                      probe_records(model.get_input_embeddings().weight, pieces, specials, probes, run, batch, tokens,
+                                    untrained, tokenizer_hash))
+    if recovery is not None:
+        write_records(records_path(records_folder(run_dir, 'recovery'), batch),
+                      recovery_records(model, tokenizer, dataset, pieces, specials, recovery, run, batch, tokens,
+                                       tokenizer_hash, dtype))
+
+
 def main(argv: list[str]) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('path', help='Composer checkpoint file or run folder')
@@ -168,7 +209,15 @@ def main(argv: list[str]) -> dict[str, float]:
     parser.add_argument('--records-dir', help=f'folder of the per-item records (default <run folder>/{RECORDS_SUBDIR})')
     parser.add_argument('--objective', type=json.loads,
                         help='JSON algorithms.prefix_smoothing block, for checkpoints trained without callbacks.lm_eval')
+    parser.add_argument('--val-data', help='the eval split (MDS folder) for validation/ and recovery/ records')
+    parser.add_argument('--val-batch-size', type=int, default=8)
+    parser.add_argument('--probes', type=json.loads, help="JSON callbacks.lm_eval.probes settings ('{}': defaults)")
+    parser.add_argument('--recovery', type=json.loads, help="JSON callbacks.lm_eval.recovery settings (needs --val-data)")
     args = parser.parse_args(argv)
+    probes = None if args.probes is None else probe_settings(args.probes, '--probes')
+    recovery = None if args.recovery is None else recovery_settings(args.recovery, '--recovery')
+    if recovery is not None and args.val_data is None:
+        parser.error('--recovery draws its positions from the eval split: pass --val-data.')
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
 
     checkpoint_path = os.path.abspath(resolve_checkpoint(args.path))
@@ -196,6 +245,8 @@ def main(argv: list[str]) -> dict[str, float]:
     evaluated = result.records(run, timestamp['batch'], timestamp['token'])
     refuse_other_settings(records, evaluated.header['settings'])  # task versions and items too
     write_records(records, evaluated)
+
+    measure_more(args, model, tokenizer, run, timestamp, run_dir, dtype, probes, recovery)
 
     row = {'checkpoint': checkpoint_path, 'batch': timestamp['batch'], 'tokens': timestamp['token'], 'phase': 'lm_eval'}
     row.update({f'{METRIC_PREFIX}/{name}': value for name, value in result.metrics.items()})

@@ -40,9 +40,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from prefix_composer.constants import is_number
 from prefix_composer.evaluation.adapter import EvaluationInterrupted, check_batch_size
-from prefix_composer.evaluation.harness import AUTOCAST_DTYPES, METRIC_PREFIX, LMEvalResult, evaluate_lm
-from prefix_composer.evaluation.records import default_records_folder, records_path, remove_records_after, run_identity, write_records
+from prefix_composer.evaluation.harness import AUTOCAST_DTYPES, METRIC_PREFIX, LMEvalResult, evaluate_lm, preserved_train_modes
+from prefix_composer.evaluation.prefix_recovery import recovery_records, recovery_settings
+from prefix_composer.evaluation.records import RECORDS_SUBDIR, Records, records_path, remove_records_after, run_identity, write_records
+from prefix_composer.evaluation.records import records_folder as kind_records_folder
+from prefix_composer.evaluation.spelling_probes import macro_accuracy, probe_records, probe_settings
 from prefix_composer.evaluation.tasks import build_task_manager, check_task_names, check_tasks
+from prefix_composer.objectives import token_byte_strings
+from prefix_composer.tokenizer import tokenizer_content_hash
 from prefix_composer.training.algorithm import PrefixSmoothing
 from prefix_composer.training.stochastok import StochasTok
 
@@ -61,18 +66,20 @@ def unwrap_hf_model(state: State) -> tuple[PreTrainedModel, PreTrainedTokenizerB
     return model, tokenizer
 
 
-def records_folder(state: State, records_dir: Optional[str]) -> str:
-    """``records_dir`` (``{run_name}`` formatted), else ``<parent of the trainer's save_folder>/lm_eval``."""
+def records_folder(state: State, records_dir: Optional[str], callback: str = 'lm_eval', kind: str = RECORDS_SUBDIR) -> str:
+    """``records_dir`` (``{run_name}`` formatted), else ``<parent of the trainer's save_folder>/<kind>``
+    (``callback``: the callback's YAML name, for the error)."""
     if records_dir is not None:
         return format_name_with_dist(records_dir, state.run_name)
-    savers = [callback for callback in state.callbacks if isinstance(callback, CheckpointSaver)]
+    savers = [saver for saver in state.callbacks if isinstance(saver, CheckpointSaver)]
     if not savers or savers[0].remote_uploader is not None:
         raise ValueError(
-            'callbacks.lm_eval writes per-item records next to the checkpoints (<save_folder>/../lm_eval), but this run '
-            f'has {"a remote save_folder" if savers else "no save_folder"}. Set callbacks.lm_eval.records_dir to a '
-            'local or mounted folder (e.g. ${variables.run_root}/${run_name}/lm_eval).',
+            f'callbacks.{callback} writes per-item records next to the checkpoints (<save_folder>/../{kind}), but this run '
+            f'has {"a remote save_folder" if savers else "no save_folder"}. Set callbacks.{callback}.records_dir to a '
+            f'local or mounted folder (e.g. ${{variables.run_root}}/${{run_name}}/{kind}).',
         )
-    return default_records_folder(format_name_with_dist(savers[0].folder, state.run_name))
+    run_folder = os.path.dirname(os.path.abspath(format_name_with_dist(savers[0].folder, state.run_name)))
+    return kind_records_folder(run_folder, kind)
 
 
 def state_run_identity(state: State) -> dict[str, Any]:
@@ -115,6 +122,13 @@ class LMEvalCallback(Callback):
         include_path: extra folders of task YAMLs.
         records_dir: folder of the per-item records files (``{run_name}`` is formatted); default
             ``<parent of save_folder>/lm_eval``, i.e. ``<run_root>/<run_name>/lm_eval`` in the YAMLs.
+        probes: settings of the spelling probes of the token embeddings (``spelling_probes.py``:
+            ``max_tokens``, ``folds``, ``seed``, ``max_iter``; ``{}`` = defaults), run on global rank 0 at
+            every evaluation and at the start of a fresh run (batch 0, the untrained baseline) into
+            ``probes/`` beside ``records_dir``; null = off.
+        recovery: settings of the prefix-path recovery (``prefix_recovery.py``: ``positions``, ``context``,
+            ``seed``, ``batch_size``; ``{}`` = defaults) on positions of the ``eval`` evaluator's split,
+            run on global rank 0 at every evaluation into ``recovery/`` beside ``records_dir``; null = off.
 
     Its ``state_dict`` (saved in every checkpoint) is the run identity of the records header, so
     ``scripts/eval_checkpoint.py`` writes the same header for a checkpoint.
@@ -131,6 +145,8 @@ class LMEvalCallback(Callback):
         fewshot_random_seed: int = 1234,
         include_path: Sequence[str] = (),
         records_dir: Optional[str] = None,
+        probes: Optional[dict[str, Any]] = None,
+        recovery: Optional[dict[str, Any]] = None,
     ):
         check_limit(limit)
         if num_fewshot is not None and (not isinstance(num_fewshot, int) or num_fewshot < 0):
@@ -150,6 +166,9 @@ class LMEvalCallback(Callback):
         self.bootstrap_iters = bootstrap_iters
         self.fewshot_random_seed = fewshot_random_seed
         self.records_dir = records_dir
+        self.probes = None if probes is None else probe_settings(probes)
+        self.recovery = None if recovery is None else recovery_settings(recovery)
+        self.probe_untrained: Optional[dict[str, float]] = None  # checkpointed: batch 0's macro accuracies
         self.folder: Optional[str] = None
         self.run: Optional[dict[str, Any]] = None
         start = time.perf_counter()
@@ -172,10 +191,13 @@ class LMEvalCallback(Callback):
         self.run = state_run_identity(state)  # a model the callback cannot evaluate fails here
         self.folder = records_folder(state, self.records_dir)
         if dist.get_global_rank() == 0:
-            removed = remove_records_after(self.folder, int(state.timestamp.batch))
-            if removed:
-                log.info('lm_eval: removed %d records files past the resumed batch %d: %s.',
-                         len(removed), int(state.timestamp.batch), [os.path.basename(p) for p in removed])
+            for folder in (self.folder, *self.measurement_folders().values()):
+                removed = remove_records_after(folder, int(state.timestamp.batch))
+                if removed:
+                    log.info('lm_eval: removed %d records files past the resumed batch %d: %s.',
+                             len(removed), int(state.timestamp.batch), removed)
+            if self.probes is not None and int(state.timestamp.batch) == 0:
+                self.probe_untrained = macro_accuracy(self.write_probes(state).items)
         if self.interrupted_batch is not None:
             log.info('lm_eval: running the evaluation of batch %d again (preempted while it ran).', self.interrupted_batch)
             self.evaluate_unless_preempted(state, logger)
@@ -217,10 +239,56 @@ class LMEvalCallback(Callback):
             path = records_path(self.folder, batch)
             write_records(path, result.records(self.run, batch, int(state.timestamp.token)))
             log.info('lm_eval: %d per-item records in %s.', len(result.items), path)
+            if self.probes is not None:
+                self.write_probes(state)
+            if self.recovery is not None:
+                self.write_recovery(state)
         return result
 
+    def measurement_folders(self) -> dict[str, str]:
+        """``{kind: folder}`` of the measurements this callback writes beside its lm-eval records."""
+        kinds = [kind for kind, on in (('probes', self.probes), ('recovery', self.recovery)) if on is not None]
+        return {kind: os.path.join(os.path.dirname(self.folder), kind) for kind in kinds}
+
+    def write_recovery(self, state: State) -> Records:
+        """The prefix-path recovery records of the current model on the ``eval`` split (global rank 0)."""
+        start = time.perf_counter()
+        model, tokenizer = unwrap_hf_model(state)
+        evaluators = [e for e in state.evaluators if e.label == 'eval']
+        if not evaluators:
+            raise ValueError('callbacks.lm_eval.recovery draws its positions from the eval_loader split, but the run has '
+                             'no eval_loader (evaluator "eval"); add one or set callbacks.lm_eval.recovery: null.')
+        batch = int(state.timestamp.batch)
+        with preserved_train_modes(model):
+            model.eval()
+            records = recovery_records(model, tokenizer, evaluators[0].dataloader.dataloader.dataset,
+                                       *token_byte_strings(tokenizer), self.recovery, self.run, batch,
+                                       int(state.timestamp.token), tokenizer_content_hash(tokenizer),
+                                       AUTOCAST_DTYPES[Precision(state.precision)])
+        path = records_path(self.measurement_folders()['recovery'], batch)
+        write_records(path, records)
+        log.info('lm_eval: prefix-path recovery of %d positions in %.1f s: %s.', len(records.items),
+                 time.perf_counter() - start, path)
+        return records
+
+    def write_probes(self, state: State) -> Records:
+        """The spelling-probe records of the current embedding (global rank 0)."""
+        start = time.perf_counter()
+        model, tokenizer = unwrap_hf_model(state)
+        pieces, specials = token_byte_strings(tokenizer)
+        batch = int(state.timestamp.batch)
+        records = probe_records(model.get_input_embeddings().weight, pieces, specials, self.probes, self.run, batch,
+                                int(state.timestamp.token), self.probe_untrained if batch else None,
+                                tokenizer_content_hash(tokenizer))
+        path = records_path(self.measurement_folders()['probes'], batch)
+        write_records(path, records)
+        log.info('lm_eval: spelling probes %s in %.1f s: %s.', macro_accuracy(records.items),
+                 time.perf_counter() - start, path)
+        return records
+
     def state_dict(self) -> dict[str, Any]:
-        return {'run': self.run, 'interrupted_batch': self.interrupted_batch}
+        return {'run': self.run, 'interrupted_batch': self.interrupted_batch, 'probe_untrained': self.probe_untrained}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.interrupted_batch = state.get('interrupted_batch')  # absent in checkpoints from before this state existed
+        self.probe_untrained = state.get('probe_untrained')

@@ -15,6 +15,10 @@ report groups runs by ``run.model``, pairs seed replicas by ``run.seed`` and nam
 ``run.objective`` and, for a run trained on split inputs, ``run.augmentation``). Items are sorted by (task, doc_id); keys are sorted and the gzip header carries
 no time or name, so equal content gives byte-identical files (1 rank and N ranks write the same).
 
+The other measurement kinds (``RECORD_KINDS``: ``validation``, ``probes``, ``recovery``, one folder
+each in the run folder, ``records_folder``) use the same format with ``settings.kind`` set
+(``measurement_records``); docs/evaluation.md describes them.
+
 This module needs only the standard library, so the analysis scripts read records without
 importing lm-eval or torch.
 """
@@ -34,10 +38,11 @@ from prefix_composer.files import write_bytes_atomic
 RECORDS_FORMAT = 'prefix_composer.lm_eval_records'
 RECORDS_VERSION = 1
 RECORDS_SUBDIR = 'lm_eval'
-# Every per-item measurement, each in its own folder of the run folder (``<run>/<kind>/ba<batch>.jsonl.gz``).
+# One folder per kind in the run folder; every kind but lm_eval says its kind in ``settings.kind``.
 RECORD_KINDS = ('lm_eval', 'validation', 'probes', 'recovery')
 SETTINGS_KEYS = ('tasks', 'limit', 'num_fewshot', 'fewshot_random_seed', 'autocast', 'tokenizer_hash',
                  'task_versions', 'n_shot', 'items')
+KIND_SETTINGS_KEYS = ('kind', 'tasks', 'items', 'tokenizer_hash')  # the settings every other kind has
 _NAME = re.compile(r'^ba(\d+)\.jsonl\.gz$')
 
 
@@ -53,6 +58,13 @@ class Records:
 def default_records_folder(save_folder: str) -> str:
     """Where records go without ``records_dir``: ``lm_eval`` beside the checkpoint folder ``save_folder``."""
     return os.path.join(os.path.dirname(os.path.abspath(save_folder)), RECORDS_SUBDIR)
+
+
+def records_folder(run_folder: str, kind: str) -> str:
+    """``<run folder>/<kind>``: where the records of ``kind`` (one of ``RECORD_KINDS``) go."""
+    if kind not in RECORD_KINDS:
+        raise ValueError(f'Unknown records kind {kind!r}; one of {RECORD_KINDS}.')
+    return os.path.join(run_folder, kind)
 
 
 def records_path(folder: str, batch: int) -> str:
@@ -110,7 +122,9 @@ def check_header(header: Mapping[str, Any], path: str) -> None:
         raise ValueError(f'{path} is not a {RECORDS_FORMAT} file of version {RECORDS_VERSION} '
                          f'(format {header.get("format")!r}, version {header.get("version")!r}).')
     missing = [key for key in ('batch', 'tokens', 'run', 'settings', 'groups', 'higher_is_better') if key not in header]
-    missing += [f'settings.{key}' for key in SETTINGS_KEYS if key not in header.get('settings', {})]
+    settings = header.get('settings', {})
+    required = SETTINGS_KEYS if settings.get('kind', 'lm_eval') == 'lm_eval' else KIND_SETTINGS_KEYS
+    missing += [f'settings.{key}' for key in required if key not in settings]
     if missing:
         raise ValueError(f'{path}: the records header lacks {missing}.')
 
@@ -132,6 +146,21 @@ def read_records(path: str) -> Records:
         raise ValueError(f'lm-eval records file {path} is empty.')
     check_header(header, path)
     return Records(header=header, items=list(lines))
+
+
+def measurement_records(kind: str, run: Mapping[str, Any], batch: int, tokens: int, settings: Mapping[str, Any],
+                        higher_is_better: Mapping[str, Mapping[str, bool]], items: list[dict[str, Any]],
+                        info: Mapping[str, Any], baselines: Mapping[str, Any] | None = None) -> Records:
+    """The records of a measurement ``kind`` other than ``lm_eval`` (``settings`` without ``kind``,
+    which is added; ``items`` sorted here by (task, doc_id); no groups)."""
+    if kind not in RECORD_KINDS[1:]:
+        raise ValueError(f'measurement_records writes one of {RECORD_KINDS[1:]}, not {kind!r}.')
+    header = {'format': RECORDS_FORMAT, 'version': RECORDS_VERSION, 'batch': int(batch), 'tokens': int(tokens),
+              'run': dict(run), 'settings': {'kind': kind, **settings}, 'groups': {},
+              'higher_is_better': {task: dict(m) for task, m in higher_is_better.items()}, 'info': dict(info)}
+    if baselines is not None:
+        header['baselines'] = baselines
+    return Records(header=header, items=sorted(items, key=lambda item: (item['task'], item['doc_id'])))
 
 
 MODEL_KEYS = ('model_type', 'vocab_size', 'hidden_size', 'intermediate_size', 'num_hidden_layers', 'num_attention_heads',
