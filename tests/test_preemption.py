@@ -36,6 +36,7 @@ from prefix_composer.runtime.checkpoints import (
 from prefix_composer.runtime.experiment import RECORD_NAME
 from prefix_composer.runtime.launch import checked_save_folder
 from prefix_composer.runtime.run_folder import LOCK_NAME
+from prefix_composer.runtime.run_record import RECORD_NAME as LAST_START_NAME
 from prefix_composer.runtime.preemption import GracefulPreemption
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -158,7 +159,7 @@ def assert_same_final_state(run_root, reference_root):
     assert rows == reference_rows
     assert sum(r['phase'] == 'eval' for r in rows) == MAX_BATCHES // 4
     assert sorted(os.listdir(folder(run_root))) == sorted(
-        [f'ep0-ba{MAX_BATCHES - SAVE_EVERY}-rank0.pt', f'ep0-ba{MAX_BATCHES}-rank0.pt', LATEST_NAME, RECORD_NAME, LOCK_NAME]
+        [f'ep0-ba{MAX_BATCHES - SAVE_EVERY}-rank0.pt', f'ep0-ba{MAX_BATCHES}-rank0.pt', LATEST_NAME, RECORD_NAME, LOCK_NAME, LAST_START_NAME]
         + [n for n in os.listdir(folder(run_root)) if n.endswith(CORRUPT_SUFFIX)])
 
 

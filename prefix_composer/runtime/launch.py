@@ -28,6 +28,7 @@ from prefix_composer.runtime.config_checks import check_config_keys
 from prefix_composer.runtime.experiment import check_experiment, take_allowed_changes
 from prefix_composer.runtime.multinode import install_node_signal_file_name
 from prefix_composer.runtime.run_folder import check_writable, lock_run_folder
+from prefix_composer.runtime.run_record import recorded_start, take_allow_diverged_resume
 from prefix_composer.runtime.shared_memory import clean_stale_streaming_shm
 from prefix_composer.training.csv_logger import DEFAULT_PATH, metrics_path
 from prefix_composer.training.model import DEFAULT_LOSS_IMPL
@@ -72,18 +73,20 @@ def checked_save_folder(cfg: DictConfig) -> Optional[str]:
 
 
 @contextmanager
-def preflight(cfg: DictConfig, allowed_changes: Sequence[str] = ()) -> Iterator[None]:
+def preflight(cfg: DictConfig, allowed_changes: Sequence[str] = (), allow_diverged: bool = False) -> Iterator[None]:
     """Checks that need no Trainer, then holds the run folder's lock while the caller trains.
 
     Global rank 0: every output folder is writable; the save_folder is locked for this process
-    (another live run on it stops this one); autoresume will load the newest intact checkpoint
-    (broken or half-written ones set aside); a resumed run is the experiment that wrote the
+    (another live run on it stops this one); a folder whose last start diverged is refused unless
+    ``allow_diverged``, and this start and how it ends are recorded (``run_record``); autoresume
+    will load the newest intact checkpoint (broken or half-written ones set aside); a resumed run is the experiment that wrote the
     checkpoints (``check_experiment``, ``allowed_changes`` let through). Local rank 0 of every node:
     stale Streaming shared memory is removed. Every rank: the MDS data was made for this tokenizer
     and max_seq_len, and its shard files are whole.
     """
     save_folder = checked_save_folder(cfg) if dist.get_global_rank() == 0 else None
-    with lock_run_folder(save_folder) if save_folder else nullcontext():
+    with lock_run_folder(save_folder) if save_folder else nullcontext(), \
+            recorded_start(save_folder, str(cfg.run_name), allow_diverged) if save_folder else nullcontext():
         if save_folder:
             check_experiment(cfg, save_folder, resuming=prepare_autoresume(cfg) is not None, allowed=allowed_changes)
         if dist.get_local_rank() == 0:
@@ -105,6 +108,7 @@ def main(argv: Sequence[str]) -> None:
         raise SystemExit('usage: composer train.py yamls/<variant>.yaml [key=value ...]')
     cfg = load_config(argv[0], argv[1:])
     allowed_changes = take_allowed_changes(cfg)
+    allow_diverged = take_allow_diverged_resume(cfg)
     configure_logging(cfg)
     check_config_keys(cfg)
     check_parallelism(cfg)
@@ -112,6 +116,6 @@ def main(argv: Sequence[str]) -> None:
     # exist first; llm-foundry's train() finds it initialised.
     dist.initialize_dist(get_device(None), timeout=cfg.get('dist_timeout', 600.0))
     install_node_signal_file_name()
-    with preflight(cfg, allowed_changes):
+    with preflight(cfg, allowed_changes, allow_diverged):
         om.clear_resolver('oc.env')  # as llm-foundry's train_from_yaml
         train(cfg)
