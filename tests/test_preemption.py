@@ -232,7 +232,7 @@ def test_kill_mid_save_truncated_checkpoint_and_missing_symlink(tmp_path, tiny_m
     proc = start(tmp_path, tiny_mds, 'd1', script=('tests/train_killed_mid_save.py', '6'))
     assert finish(proc) != 0
     names = sorted(os.listdir(folder(tmp_path)))
-    assert names == sorted(['ep0-ba2-rank0.pt', 'ep0-ba4-rank0.pt', LATEST_NAME, 'partial-ep0-ba6-rank0.pt', RECORD_NAME, LOCK_NAME])
+    assert names == sorted(['ep0-ba2-rank0.pt', 'ep0-ba4-rank0.pt', LATEST_NAME, 'partial-ep0-ba6-rank0.pt', RECORD_NAME, LOCK_NAME, LAST_START_NAME])
     assert os.readlink(folder(tmp_path) / LATEST_NAME) == 'ep0-ba4-rank0.pt'  # never pointed at the half-save
     newest = ckpt(tmp_path, 4)
     os.truncate(newest, newest.stat().st_size // 2)  # as a non-atomic write cut off by a kill
