@@ -38,6 +38,7 @@ from prefix_composer.runtime.checkpoints import (
 from prefix_composer.runtime.experiment import RECORD_NAME
 from prefix_composer.runtime.launch import checked_save_folder
 from prefix_composer.runtime.run_folder import LOCK_NAME
+from prefix_composer.runtime.run_record import RECORD_NAME as LAST_START_NAME
 from prefix_composer.runtime.preemption import GracefulPreemption
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -160,7 +161,7 @@ def assert_same_final_state(run_root, reference_root):
     assert rows == reference_rows
     assert sum(r['phase'] == 'eval' for r in rows) == MAX_BATCHES // 4
     assert sorted(os.listdir(folder(run_root))) == sorted(
-        [f'ep0-ba{MAX_BATCHES - SAVE_EVERY}-rank0.pt', f'ep0-ba{MAX_BATCHES}-rank0.pt', LATEST_NAME, RECORD_NAME, LOCK_NAME]
+        [f'ep0-ba{MAX_BATCHES - SAVE_EVERY}-rank0.pt', f'ep0-ba{MAX_BATCHES}-rank0.pt', LATEST_NAME, RECORD_NAME, LOCK_NAME, LAST_START_NAME]
         + [n for n in os.listdir(folder(run_root)) if n.endswith(CORRUPT_SUFFIX)])
 
 
@@ -242,7 +243,7 @@ def test_kill_mid_save_truncated_checkpoint_and_missing_symlink(tmp_path, tiny_m
     proc = start(tmp_path, tiny_mds, 'd1', script=('tests/train_killed_mid_save.py', '6'))
     assert finish(proc) != 0
     names = sorted(os.listdir(folder(tmp_path)))
-    assert names == sorted(['ep0-ba2-rank0.pt', 'ep0-ba4-rank0.pt', LATEST_NAME, 'partial-ep0-ba6-rank0.pt', RECORD_NAME, LOCK_NAME])
+    assert names == sorted(['ep0-ba2-rank0.pt', 'ep0-ba4-rank0.pt', LATEST_NAME, 'partial-ep0-ba6-rank0.pt', RECORD_NAME, LOCK_NAME, LAST_START_NAME])
     assert os.readlink(folder(tmp_path) / LATEST_NAME) == 'ep0-ba4-rank0.pt'  # never pointed at the half-save
     newest = ckpt(tmp_path, 4)
     os.truncate(newest, newest.stat().st_size // 2)  # as a non-atomic write cut off by a kill

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import contextmanager, nullcontext
-from typing import Iterator, Optional, Sequence
+from typing import ContextManager, Iterator, Optional, Sequence
 
 from composer.utils import dist, format_name_with_dist, get_device
 from llmfoundry.command_utils import train
@@ -37,6 +37,7 @@ from prefix_composer.runtime.experiment import check_experiment, take_allowed_ch
 from prefix_composer.runtime.multinode import install_node_signal_file_name
 from prefix_composer.runtime.run_folder import check_writable, lock_run_folder
 from prefix_composer.runtime.schedule import check_schedule
+from prefix_composer.runtime.run_record import recorded_start, take_allow_diverged_resume
 from prefix_composer.runtime.shared_memory import clean_stale_streaming_shm
 from prefix_composer.training.csv_logger import DEFAULT_PATH, metrics_path
 from prefix_composer.training.model import DEFAULT_LOSS_IMPL
@@ -88,22 +89,31 @@ def checked_save_folder(cfg: DictConfig) -> Optional[str]:
     return save_folder
 
 
+def recorded_checked_start(cfg: DictConfig, save_folder: Optional[str], allow_diverged: bool) -> ContextManager:
+    """Global rank 0, under the lock: ``checked_save_folder`` first (on a full disk its clean-up is what
+    frees room), then this start recorded in the save_folder for as long as the returned context runs."""
+    checked_save_folder(cfg)
+    return recorded_start(save_folder, str(cfg.run_name), allow_diverged) if save_folder else nullcontext()
+
+
 @contextmanager
-def preflight(cfg: DictConfig, allowed_changes: Sequence[str] = ()) -> Iterator[None]:
+def preflight(cfg: DictConfig, allowed_changes: Sequence[str] = (), allow_diverged: bool = False) -> Iterator[None]:
     """Checks that need no Trainer, then holds the run folder's lock while the caller trains.
 
     Global rank 0: the save_folder is locked for this process (another live run on it stops this
     one); ``checked_save_folder`` (leftovers of an interrupted save deleted, room for a checkpoint,
-    every output folder writable); autoresume will load the newest intact checkpoint (broken ones
-    set aside); a resumed run is the experiment that wrote the checkpoints (``check_experiment``,
-    ``allowed_changes`` let through). Local rank 0 of every node: stale Streaming shared memory is
-    removed. Every rank: the MDS data was made for this tokenizer and max_seq_len, and its shard
-    files are whole.
+    every output folder writable); a folder whose last start diverged is refused unless
+    ``allow_diverged``, and this start and how it ends are recorded (``run_record``); autoresume
+    will load the newest intact checkpoint (broken ones set aside); a resumed run is the experiment
+    that wrote the checkpoints (``check_experiment``, ``allowed_changes`` let through). Local rank 0
+    of every node: stale Streaming shared memory is removed. Every rank: the MDS data was made for
+    this tokenizer and max_seq_len, and its shard files are whole.
     """
-    save_folder = local_save_folder(cfg) if dist.get_global_rank() == 0 else None
-    with lock_run_folder(save_folder) if save_folder else nullcontext():
-        if dist.get_global_rank() == 0:
-            checked_save_folder(cfg)
+    rank_zero = dist.get_global_rank() == 0
+    save_folder = local_save_folder(cfg) if rank_zero else None
+    # the second context is built once the lock is held
+    with lock_run_folder(save_folder) if save_folder else nullcontext(), \
+            recorded_checked_start(cfg, save_folder, allow_diverged) if rank_zero else nullcontext():
         if save_folder:
             check_experiment(cfg, save_folder, resuming=prepare_autoresume(cfg) is not None, allowed=allowed_changes)
         if dist.get_local_rank() == 0:
@@ -125,6 +135,7 @@ def main(argv: Sequence[str]) -> None:
         raise SystemExit('usage: composer train.py yamls/<variant>.yaml [key=value ...]')
     cfg = load_config(argv[0], argv[1:])
     allowed_changes = take_allowed_changes(cfg)
+    allow_diverged = take_allow_diverged_resume(cfg)
     configure_logging(cfg)
     check_config_keys(cfg)
     check_durations(cfg)
@@ -136,6 +147,6 @@ def main(argv: Sequence[str]) -> None:
     # exist first; llm-foundry's train() finds it initialised.
     dist.initialize_dist(get_device(None), timeout=cfg.get('dist_timeout', 600.0))
     install_node_signal_file_name()
-    with preflight(cfg, allowed_changes):
+    with preflight(cfg, allowed_changes, allow_diverged):
         om.clear_resolver('oc.env')  # as llm-foundry's train_from_yaml
         train(cfg)
