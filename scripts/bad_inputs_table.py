@@ -194,10 +194,10 @@ def record(run_root) -> dict:
     return json.loads((folder_of(run_root) / RECORD_NAME).read_text())
 
 
-def started(mds, run_root):
+def started(mds, run_root, *extra):
     """A run folder as a first start leaves it: the experiment recorded."""
     os.makedirs(folder_of(run_root))
-    check_experiment(smoke(mds, run_root), str(folder_of(run_root)), resuming=False)
+    check_experiment(smoke(mds, run_root, *extra), str(folder_of(run_root)), resuming=False)
     return record(run_root)
 
 
