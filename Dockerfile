@@ -26,7 +26,7 @@ WORKDIR /workspace/prefix-composer
 COPY pyproject.toml uv.lock ./
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv python install && \
-    uv sync --frozen --no-dev --no-install-project
+    uv sync --frozen --extra mlflow --no-dev --no-install-project
 
 # Then the project (installed editable: the code that runs is the repository at the working dir).
 COPY README.md train.py ./
@@ -34,7 +34,7 @@ COPY prefix_composer/ prefix_composer/
 COPY yamls/ yamls/
 COPY scripts/ scripts/
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev
+    uv sync --frozen --extra mlflow --no-dev
 
 # Code and environment stay root-owned (read-only to the job). The working dir itself is the
 # user's: llm-foundry writes a signal file there when it builds the tokenizer on several ranks.

@@ -60,7 +60,7 @@ from prefix_composer.evaluation.tasks import build_task_manager, check_tasks
 from prefix_composer.evaluation.validation_items import evaluate_split, validation_records
 from prefix_composer.files import read_json
 from prefix_composer.objectives import token_byte_strings
-from prefix_composer.runtime.experiment import RECORD_NAME, unflatten_block
+from prefix_composer.runtime.experiment import RECORD_DAMAGED, RECORD_NAME, unflatten_block
 from prefix_composer.tokenizer import bos_adding_tokenizer, tokenizer_content_hash
 from prefix_composer.training.algorithm import PrefixSmoothing
 
@@ -110,7 +110,7 @@ def recorded_objective(checkpoint_path: str) -> dict[str, Any] | None:
     path = os.path.join(os.path.dirname(checkpoint_path), RECORD_NAME)
     if not os.path.isfile(path):
         return None
-    block = unflatten_block(read_json(path, 'experiment record')['experiment'], 'algorithms.prefix_smoothing')
+    block = unflatten_block(read_json(path, 'experiment record', RECORD_DAMAGED)['experiment'], 'algorithms.prefix_smoothing')
     return dataclasses.asdict(PrefixSmoothing(**block).spec) if block else None
 
 

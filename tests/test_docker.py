@@ -1,6 +1,6 @@
 """The Dockerfile, read as text (no registry or Docker daemon here): what it installs, copies and runs as.
 
-"The same install as the README's" means: the README's ``uv sync`` plus ``--frozen`` (the lock
+"The same install as the README's" means: the README's ``uv sync --extra mlflow`` plus ``--frozen`` (the lock
 as committed, never re-resolved) and ``--no-dev`` (no pytest, no packaged offline tokenizer), and
 nothing else; the dependency layer adds only ``--no-install-project``. runai/README.md shows the
 image's uv commands verbatim.
@@ -56,11 +56,11 @@ def env_value(name: str) -> str:
 
 def test_the_image_installs_the_readmes_environment_locked_and_without_dev():
     readme_syncs = [cmd for cmd in readme_uv(REPO / 'README.md') if cmd[:2] == ['uv', 'sync']]
-    assert readme_syncs == [['uv', 'sync']]
+    assert readme_syncs == [['uv', 'sync', '--extra', 'mlflow']]
     image_syncs = [cmd for cmd in dockerfile_uv() if cmd[:2] == ['uv', 'sync']]
     assert [set(cmd) for cmd in image_syncs] == [
-        {'uv', 'sync', '--frozen', '--no-dev', '--no-install-project'},  # the cached dependency layer
-        {'uv', 'sync', '--frozen', '--no-dev'},  # then the project itself
+        {'uv', 'sync', '--frozen', '--extra', 'mlflow', '--no-dev', '--no-install-project'},  # the cached dependency layer
+        {'uv', 'sync', '--frozen', '--extra', 'mlflow', '--no-dev'},  # then the project itself
     ]
     assert env_value('UV_COMPILE_BYTECODE') == '1'
 
@@ -68,8 +68,8 @@ def test_the_image_installs_the_readmes_environment_locked_and_without_dev():
 def test_runai_readme_shows_the_images_uv_commands():
     documented = readme_uv(REPO / 'runai' / 'README.md')
     image = dockerfile_uv()
-    assert image == [['uv', 'python', 'install'], ['uv', 'sync', '--frozen', '--no-dev', '--no-install-project'],
-                     ['uv', 'sync', '--frozen', '--no-dev']]
+    assert image == [['uv', 'python', 'install'], ['uv', 'sync', '--frozen', '--extra', 'mlflow', '--no-dev', '--no-install-project'],
+                     ['uv', 'sync', '--frozen', '--extra', 'mlflow', '--no-dev']]
     assert all(cmd in documented for cmd in image), (image, documented)
 
 

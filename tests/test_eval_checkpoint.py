@@ -65,12 +65,14 @@ DOCS = ['The strawberry farmer counts letters.', 'naïve café ✨',
         'A page that spells <|begin_of_text|> and <|end_of_text|> as text.', 'Short.']
 OBJECTIVE = {'objective': 'prefix_softmax', 'eps': 0.5, 'support': 'inclusive'}  # tau left at its default, as a YAML may
 CLI_TASKS, CLI_LIMIT = ['local_hellaswag', 'local_winogrande'], 4
+# a reader runs the CLI in a plain shell: none of the rank variables an earlier in-process training left set
+DIST_ENV = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'NODE_RANK', 'MASTER_ADDR', 'MASTER_PORT')
 
 
 def stock_lm_eval(hf_dir, tasks_dir, out_dir) -> dict[tuple[str, int], dict]:
     """``lm_eval --model hf --model_args pretrained=<hf_dir>`` (the CLI, default model arguments):
     its logged samples by (task, doc_id)."""
-    env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1'}
+    env = {**{k: v for k, v in os.environ.items() if k not in DIST_ENV}, 'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1'}
     done = subprocess.run(
         [os.path.join(os.path.dirname(sys.executable), 'lm_eval'), '--model', 'hf', '--model_args', f'pretrained={hf_dir}',
          '--tasks', ','.join(CLI_TASKS), '--include_path', str(tasks_dir), '--limit', str(CLI_LIMIT),

@@ -235,7 +235,7 @@ def test_eval_checkpoint_rewrites_the_callbacks_records_identically(tokenizer, l
 def test_eval_checkpoint_needs_the_objective_of_a_smoothed_run_without_the_callback():
     script = load_script('eval_checkpoint')
     checkpoint = {'state': {'callbacks': {}, 'algorithms': [('PrefixSmoothing', {'repr': '...'})]}}
-    with pytest.raises(ValueError, match=r"without callbacks\.lm_eval, so it does not record the objective.* --objective '"):
+    with pytest.raises(ValueError, match=r"without callbacks\.lm_eval, and no experiment\.json lies next to it.* --objective '"):
         script.checkpoint_run_identity(checkpoint, None)
     saved = {'state': {'callbacks': {'LMEvalCallback': {'run': RUN}}}}
     assert script.checkpoint_run_identity(saved, None) == RUN

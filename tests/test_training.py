@@ -16,6 +16,7 @@ from lm_eval_helpers import load_script, tiny_model
 from prefix_composer.runtime.experiment import RECORD_NAME
 from prefix_composer.runtime.launch import main as train_main
 from prefix_composer.runtime.run_folder import LOCK_NAME
+from prefix_composer.runtime.run_record import RECORD_NAME as START_RECORD_NAME
 from prefix_composer.objectives.targets import OBJECTIVES
 
 from conftest import write_token_mds
@@ -68,7 +69,7 @@ def test_every_objective_trains(objective, tiny_mds, tmp_path, tokenizer, capfd)
     own_gap = (evals['metrics/eval/ObjectiveLoss'] - evals['metrics/eval/LanguageCrossEntropy']).abs().max()
     assert (own_gap < 1e-5) if objective == 'ce' else (own_gap > 1e-4)
     assert sorted(os.listdir(tmp_path / objective / 'checkpoints')) == sorted(
-        ['ep0-ba2-rank0.pt', 'ep0-ba4-rank0.pt', 'latest-rank0.pt', RECORD_NAME, LOCK_NAME])
+        ['ep0-ba2-rank0.pt', 'ep0-ba4-rank0.pt', 'latest-rank0.pt', RECORD_NAME, LOCK_NAME, START_RECORD_NAME])
     # What the objective asks for on the first batch: 4 sequences x 31 scored positions.
     setup = setup_row(metrics)
     mass, entropy = setup['metrics/setup/target_off_gold_mass'], setup['metrics/setup/target_entropy']

@@ -36,7 +36,8 @@ from composer.utils import format_name_with_dist
 
 from prefix_composer.config import SEED_SUFFIX
 from prefix_composer.files import read_json
-from prefix_composer.runtime.experiment import RECORD_NAME, flatten
+from prefix_composer.runtime.experiment import RECORD_DAMAGED, RECORD_NAME, flatten
+from prefix_composer.training.csv_logger import metric_phase
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +74,15 @@ class CheckpointedMLFlowLogger(MLFlowLogger):
         if self.saver is not None:
             record = os.path.join(format_name_with_dist(str(self.saver.folder), state.run_name), RECORD_NAME)
             if os.path.isfile(record):
-                self.log_hyperparameters(read_json(record, 'experiment record')['experiment'])
+                self.log_hyperparameters(read_json(record, 'experiment record', RECORD_DAMAGED)['experiment'])
 
     def fit_start(self, state: State, logger: Logger) -> None:
         self.resumed_batch = int(state.timestamp.batch)
 
-    def batch_start(self, state: State, logger: Logger) -> None:
+    def before_dataloader(self, state: State, logger: Logger) -> None:
+        """From here on train metrics belong to the batch about to be trained (as in ``metrics.csv``):
+        set before any algorithm logs at ``BATCH_START`` (e.g. ``objective/eps``); the other phases
+        (eval, lm_eval, setup) take the trainer's batch when they are logged, as the CSV does."""
         self.publish(self.saved_batch())
         self.step = int(state.timestamp.batch) + 1
 
@@ -107,8 +111,12 @@ class CheckpointedMLFlowLogger(MLFlowLogger):
     def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
         if not self._enabled:
             return
-        batch = self.step if self.step is not None else int(self._state.timestamp.batch) if self._state else 0
-        self.pending.append((batch, dict(metrics)))
+        now = int(self._state.timestamp.batch) if self._state else 0
+        by_step: dict[int, dict[str, Any]] = {}
+        for name, value in metrics.items():  # as metrics.csv rows them: train values to the batch in progress
+            step = self.step if metric_phase(name) == 'train' and self.step is not None else now
+            by_step.setdefault(step, {})[name] = value
+        self.pending += list(by_step.items())
         if self.saver is None:
             self.publish(math.inf)
 

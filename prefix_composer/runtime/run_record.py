@@ -66,7 +66,7 @@ def utc_now() -> str:
 def read_record(folder: str) -> Optional[dict[str, Any]]:
     """``<folder>/last_start.json``, or None if the folder has none."""
     path = os.path.join(folder, RECORD_NAME)
-    return read_json(path, 'last-start record') if os.path.isfile(path) else None
+    return read_json(path, 'last-start record', 'it only says how the last start ended: delete it, and the next start writes a new one.') if os.path.isfile(path) else None
 
 
 def newest_checkpoint_batch(folder: str) -> Optional[int]:

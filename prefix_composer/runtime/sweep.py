@@ -39,6 +39,7 @@ from prefix_composer.config import load_config
 from prefix_composer.evaluation.records import RECORDS_SUBDIR, records_by_batch
 from prefix_composer.files import read_json
 from prefix_composer.runtime.checkpoints import CHECKPOINT_PATTERN, local_save_folder
+from prefix_composer.runtime.experiment import RECORD_DAMAGED
 from prefix_composer.runtime.experiment import RECORD_NAME as EXPERIMENT_NAME
 from prefix_composer.runtime.run_folder import LOCK_NAME
 from prefix_composer.runtime.run_record import RECORD_NAME as LAST_START_NAME
@@ -188,7 +189,7 @@ def run_status(run_folder: str, stall_after_s: float, now: Optional[float] = Non
     metrics = os.path.join(run_folder, METRICS_NAME)
     record = read_record(save_folder) if os.path.isdir(save_folder) else None
     experiment_path = os.path.join(save_folder, EXPERIMENT_NAME)
-    experiment = read_json(experiment_path, 'experiment record') if os.path.isfile(experiment_path) else None
+    experiment = read_json(experiment_path, 'experiment record', RECORD_DAMAGED) if os.path.isfile(experiment_path) else None
     checkpoint = newest_checkpoint_batch(save_folder)
     rows = read_metrics(metrics)
     if record is None and checkpoint is None and not rows:
