@@ -195,7 +195,7 @@ def test_bad_input_fails_clearly_before_submitting(fake_runai, args, env, messag
 def test_packaged_tokenizer_is_refused_it_is_not_in_the_image(fake_runai):
     """The Dockerfile installs without the dev group, so ``llama3_packaged`` would fail in the pod."""
     dockerfile = (REPO / 'Dockerfile').read_text()
-    assert 'uv sync --frozen --no-dev\n' in dockerfile
+    assert 'uv sync --frozen --extra mlflow --no-dev\n' in dockerfile
     for dry in ([], ['--dry-run']):
         proc = run(SUBMIT, [*dry, 'yamls/smoke_cpu.yaml'], {'HF_TOKEN': TOKEN}, fake_runai / 'bin')
         assert proc.returncode == 2
