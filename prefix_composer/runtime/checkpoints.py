@@ -66,6 +66,13 @@ def checkpoint_files(folder: str) -> list[str]:
     return [path for _, path in sorted(found, reverse=True)]
 
 
+def newest_checkpoint(folder: str) -> tuple[Optional[int], Optional[str]]:
+    """(batch, path) of the newest complete checkpoint in ``folder`` (``checkpoint_files``); (None, None)
+    without one or without the folder."""
+    newest = checkpoint_files(folder)[:1] if os.path.isdir(folder) else []
+    return (int(CHECKPOINT_PATTERN.match(os.path.basename(newest[0])).group(2)), newest[0]) if newest else (None, None)
+
+
 def checkpoint_problem(path: str) -> Optional[str]:
     """Why ``path`` cannot be loaded (not a complete zip archive, bad CRC), or None if it is intact.
 

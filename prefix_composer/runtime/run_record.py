@@ -24,7 +24,6 @@ A folder whose last start diverged refuses the next start (``RunDiverged``) unle
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 import socket
@@ -34,8 +33,9 @@ from typing import Any, Iterator, Optional
 from omegaconf import DictConfig
 
 from prefix_composer.files import read_json, write_json_atomic
-from prefix_composer.runtime.checkpoints import CHECKPOINT_PATTERN
+from prefix_composer.runtime.checkpoints import newest_checkpoint
 from prefix_composer.runtime.divergence import TrainingDiverged
+from prefix_composer.runtime.experiment import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -59,21 +59,13 @@ def take_allow_diverged_resume(cfg: DictConfig) -> bool:
     return allow
 
 
-def utc_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
-
-
 def read_record(folder: str) -> Optional[dict[str, Any]]:
     """``<folder>/last_start.json``, or None if the folder has none."""
     path = os.path.join(folder, RECORD_NAME)
-    return read_json(path, 'last-start record', 'it only says how the last start ended: delete it, and the next start writes a new one.') if os.path.isfile(path) else None
-
-
-def newest_checkpoint_batch(folder: str) -> Optional[int]:
-    """Batch of the newest ``ep*-ba*-rank0.pt`` checkpoint in ``folder`` (None: none)."""
-    batches = [int(m.group(2)) for name in (os.listdir(folder) if os.path.isdir(folder) else ())
-               if (m := CHECKPOINT_PATTERN.match(name))]
-    return max(batches, default=None)
+    if not os.path.isfile(path):
+        return None
+    return read_json(path, 'last-start record',
+                     'it only says how the last start ended: delete it, and the next start writes a new one.')
 
 
 def error_summary(error: BaseException) -> str:
@@ -101,7 +93,7 @@ def check_not_diverged(folder: str, record: Optional[dict[str, Any]], allow: boo
             f'{folder}: the last start diverged at batch {diverged["batch"]} ({diverged["metric"]} = {diverged["value"]}; '
             f'last finite loss {diverged["last_finite_loss"]} at batch {diverged["last_finite_batch"]}). Resuming would '
             f'diverge again: change what diverged (e.g. optimizer.lr) and add {ALLOW_KEY}=true to resume from the newest '
-            f'checkpoint (batch {newest_checkpoint_batch(folder)}), or start a new run folder with run_name=<new name>.')
+            f'checkpoint (batch {newest_checkpoint(folder)[0]}), or start a new run folder with run_name=<new name>.')
     log.warning('%s=true: resuming %s, whose last start diverged at batch %s.', ALLOW_KEY, folder, diverged['batch'])
 
 
@@ -113,7 +105,7 @@ def recorded_start(folder: str, run_name: str, allow_diverged: bool = False) -> 
     check_not_diverged(folder, previous, allow_diverged)
     record = {'format': RECORD_FORMAT, 'run_name': run_name, 'host': socket.gethostname(), 'pid': os.getpid(),
               'started': utc_now(), 'ended': None, 'starts': int((previous or {}).get('starts', 0)) + 1,
-              'state': 'running', 'checkpoint_batch': newest_checkpoint_batch(folder), 'error': None,
+              'state': 'running', 'checkpoint_batch': newest_checkpoint(folder)[0], 'error': None,
               'diverged': None, 'divergences': list((previous or {}).get('divergences', []))}
     write_json_atomic(os.path.join(folder, RECORD_NAME), record)
     error: Optional[BaseException] = None
@@ -123,7 +115,7 @@ def recorded_start(folder: str, run_name: str, allow_diverged: bool = False) -> 
         error = e
         raise
     finally:
-        record.update(state=outcome(error), ended=utc_now(), checkpoint_batch=newest_checkpoint_batch(folder))
+        record.update(state=outcome(error), ended=utc_now(), checkpoint_batch=newest_checkpoint(folder)[0])
         if record['state'] in ('failed', 'diverged'):
             record['error'] = error_summary(error)
         if isinstance(error, TrainingDiverged):

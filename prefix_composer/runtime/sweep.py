@@ -38,12 +38,12 @@ from omegaconf import DictConfig
 from prefix_composer.config import load_config
 from prefix_composer.evaluation.records import RECORDS_SUBDIR, records_by_batch
 from prefix_composer.files import read_json
-from prefix_composer.runtime.checkpoints import CHECKPOINT_PATTERN, local_save_folder
+from prefix_composer.runtime.checkpoints import local_save_folder, newest_checkpoint
 from prefix_composer.runtime.experiment import RECORD_DAMAGED
 from prefix_composer.runtime.experiment import RECORD_NAME as EXPERIMENT_NAME
 from prefix_composer.runtime.run_folder import LOCK_NAME
 from prefix_composer.runtime.run_record import RECORD_NAME as LAST_START_NAME
-from prefix_composer.runtime.run_record import newest_checkpoint_batch, read_record
+from prefix_composer.runtime.run_record import read_record
 
 CHECKPOINTS_SUBDIR = 'checkpoints'  # save_folder: ${variables.run_root}/${run_name}/checkpoints in every YAML
 METRICS_NAME = 'metrics.csv'
@@ -189,13 +189,15 @@ def run_status(run_folder: str, stall_after_s: float, now: Optional[float] = Non
     metrics = os.path.join(run_folder, METRICS_NAME)
     record = read_record(save_folder) if os.path.isdir(save_folder) else None
     experiment_path = os.path.join(save_folder, EXPERIMENT_NAME)
-    experiment = read_json(experiment_path, 'experiment record', RECORD_DAMAGED) if os.path.isfile(experiment_path) else None
-    checkpoint = newest_checkpoint_batch(save_folder)
+    experiment = (read_json(experiment_path, 'experiment record', RECORD_DAMAGED) if os.path.isfile(experiment_path)
+                  else None)
+    checkpoint, checkpoint_file = newest_checkpoint(save_folder)
     rows = read_metrics(metrics)
     if record is None and checkpoint is None and not rows:
         return RunStatus(name, 'not started')
 
-    status = RunStatus(name, '', checkpoint_batch=checkpoint, lm_evals=len(records_by_batch(os.path.join(run_folder, RECORDS_SUBDIR))))
+    records_dir = os.path.join(run_folder, RECORDS_SUBDIR)
+    status = RunStatus(name, '', checkpoint_batch=checkpoint, lm_evals=len(records_by_batch(records_dir)))
     if experiment is not None:
         status.tokens_max = max_tokens(experiment['settings'].get('max_duration'),
                                        experiment['experiment'].get('global_train_batch_size'),
@@ -205,14 +207,12 @@ def run_status(run_folder: str, stall_after_s: float, now: Optional[float] = Non
         status.train_loss = last_number(rows, TRAIN_LOSS, 'train')
         status.val_nll = last_number(rows, VAL_NLL, 'eval')
         status.tokens_per_s = throughput(rows)
-    if checkpoint is not None:
-        status.checkpoint_age_s = now - os.path.getmtime(checkpoint_path(save_folder, checkpoint))
+    if checkpoint_file is not None:
+        status.checkpoint_age_s = now - os.path.getmtime(checkpoint_file)
     if record is not None:
         status.restarts = int(record.get('starts', 1)) - 1
 
-    records_dir = os.path.join(run_folder, RECORDS_SUBDIR)
-    beats = [mtime(p) for p in (metrics, os.path.join(save_folder, LAST_START_NAME), records_dir,
-                                checkpoint_path(save_folder, checkpoint) if checkpoint is not None else '')]
+    beats = [mtime(p) for p in (metrics, os.path.join(save_folder, LAST_START_NAME), records_dir, checkpoint_file or '')]
     heartbeat_age = now - max((b for b in beats if b is not None), default=now)
     holder = lock_holder(save_folder)
     if locked_on_this_host(os.path.join(save_folder, LOCK_NAME), proc_locks):
@@ -248,15 +248,6 @@ def run_status(run_folder: str, stall_after_s: float, now: Optional[float] = Non
             status.tokens_done is not None:
         status.eta_s = max(status.tokens_max - status.tokens_done, 0) / status.tokens_per_s
     return status
-
-
-def checkpoint_path(save_folder: str, batch: int) -> str:
-    """The newest checkpoint file of ``batch`` in ``save_folder`` (any epoch)."""
-    for name in os.listdir(save_folder):
-        match = CHECKPOINT_PATTERN.match(name)
-        if match and int(match.group(2)) == batch:
-            return os.path.join(save_folder, name)
-    raise FileNotFoundError(f'no checkpoint of batch {batch} in {save_folder}')
 
 
 def run_folders(run_root: str) -> list[str]:
