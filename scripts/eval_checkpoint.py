@@ -54,7 +54,7 @@ from prefix_composer.evaluation.records import (
     settings_differences,
     write_records,
 )
-from prefix_composer.evaluation.prefix_recovery import recovery_records, recovery_settings
+from prefix_composer.evaluation.prefix_recovery import recovery_plan, recovery_records, recovery_settings
 from prefix_composer.evaluation.spelling_probes import macro_accuracy, probe_records, probe_settings
 from prefix_composer.evaluation.tasks import build_task_manager, check_tasks
 from prefix_composer.evaluation.validation_items import evaluate_split, validation_records
@@ -179,7 +179,7 @@ def measure_more(args: argparse.Namespace, model: Any, tokenizer: Any, run: dict
                                        batch_size=args.val_batch_size)
         items, digests = evaluate_split(model, dataset, tokenizer, args.val_batch_size, dtype)
         write_records(records_path(records_folder(run_dir, 'validation'), batch),
-                      validation_records(items, digests, run, batch, tokens, tokenizer, dtype))
+                      validation_records(items, digests, run, batch, tokens, tokenizer_hash, dtype))
     if probes is not None:
         untrained_path = records_path(records_folder(run_dir, 'probes'), 0)
         untrained = macro_accuracy(read_records(untrained_path).items) if batch and os.path.exists(untrained_path) else None
@@ -188,8 +188,8 @@ def measure_more(args: argparse.Namespace, model: Any, tokenizer: Any, run: dict
                                     untrained, tokenizer_hash))
     if recovery is not None:
         write_records(records_path(records_folder(run_dir, 'recovery'), batch),
-                      recovery_records(model, tokenizer, dataset, pieces, specials, recovery, run, batch, tokens,
-                                       tokenizer_hash, dtype))
+                      recovery_records(model, tokenizer, dataset, recovery_plan(dataset, pieces, specials, recovery),
+                                       recovery, run, batch, tokens, tokenizer_hash, dtype))
 
 
 def main(argv: list[str]) -> dict[str, float]:

@@ -11,7 +11,7 @@ from llmfoundry.data.text_data import StreamingTextDataset
 
 from lm_eval_helpers import tiny_model
 from prefix_composer.evaluation.eval_split import sample_tokens
-from prefix_composer.evaluation.prefix_recovery import draw_positions, recovery_records, recovery_settings
+from prefix_composer.evaluation.prefix_recovery import draw_positions, recovery_plan, recovery_records, recovery_settings
 from prefix_composer.evaluation.records import run_identity
 
 SETTINGS = {'positions': 6, 'context': 8, 'seed': 0, 'batch_size': 4}
@@ -29,7 +29,9 @@ def test_recovery_equals_a_float64_brute_force(tokenizer, byte_vocab, tiny_mds):
                                    batch_size=4)
     model = tiny_model(tokenizer).model.eval()
     run = run_identity('r', 17, model.config.to_dict(), None)
-    records = recovery_records(model, tokenizer, dataset, pieces, specials, recovery_settings(SETTINGS), run, 3, 384, 'h')
+    settings = recovery_settings(SETTINGS)
+    records = recovery_records(model, tokenizer, dataset, recovery_plan(dataset, pieces, specials, settings), settings,
+                               run, 3, 384, 'h')
     assert records.header['settings']['kind'] == 'recovery' and len(records.items) == 6
     reference = tiny_model(tokenizer).model.double().eval()
     known = {p: i for i, p in enumerate(pieces) if i not in specials}
@@ -67,3 +69,24 @@ def test_positions_are_a_seeded_draw_among_golds_with_a_strict_prefix(tokenizer,
     assert drawn != draw_positions(dataset, prefixes, 20, seed=1)
     with pytest.raises(ValueError, match=r'callbacks\.lm_eval\.recovery\.context = 0 is invalid'):
         recovery_settings({'context': 0})
+
+
+def test_a_training_run_scores_one_plan_at_every_lm_eval_evaluation(tokenizer, byte_vocab, tiny_mds, tmp_path):
+    """Through ``train.py``'s main: the callback draws the positions once (fit start) and every
+    evaluation scores those positions, the draw of ``draw_positions`` on the run's val split."""
+    from prefix_composer.evaluation.records import read_records
+    from prefix_composer.objectives import strict_prefix_ids
+    from prefix_composer.runtime.launch import main as train_main
+    from test_training import SMOKE, tiny_overrides
+
+    train_main([SMOKE, *tiny_overrides(tiny_mds, tmp_path, eval_subset_num_batches=-1),
+                'callbacks.lm_eval.tasks=[charbench]', 'callbacks.lm_eval.limit=2', 'callbacks.lm_eval.interval=2ba',
+                'callbacks.lm_eval.recovery.positions=5', 'callbacks.lm_eval.recovery.context=8'])
+    folder = tmp_path / 'smoke_cpu' / 'recovery'
+    evaluations = [read_records(str(folder / f'ba{batch}.jsonl.gz')) for batch in (2, 4)]
+    dataset = StreamingTextDataset(tokenizer=tokenizer, local=str(tiny_mds), split='val', shuffle=False, max_seq_len=32,
+                                   batch_size=4)
+    drawn = draw_positions(dataset, strict_prefix_ids(*byte_vocab), 5, seed=0)
+    for records in evaluations:
+        assert [divmod(item['doc_id'], 32) for item in records.items] == drawn
+    assert evaluations[0].items != evaluations[1].items  # the same positions, scored by the model as it trained

@@ -41,8 +41,16 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from prefix_composer.constants import is_number
 from prefix_composer.evaluation.adapter import EvaluationInterrupted, check_batch_size
 from prefix_composer.evaluation.harness import AUTOCAST_DTYPES, METRIC_PREFIX, LMEvalResult, evaluate_lm, preserved_train_modes
-from prefix_composer.evaluation.prefix_recovery import recovery_records, recovery_settings
-from prefix_composer.evaluation.records import RECORDS_SUBDIR, Records, records_path, remove_records_after, run_identity, write_records
+from prefix_composer.evaluation.prefix_recovery import RecoveryPlan, recovery_plan, recovery_records, recovery_settings
+from prefix_composer.evaluation.records import (
+    RECORDS_SUBDIR,
+    Records,
+    default_records_folder,
+    records_path,
+    remove_records_after,
+    run_identity,
+    write_records,
+)
 from prefix_composer.evaluation.records import records_folder as kind_records_folder
 from prefix_composer.evaluation.spelling_probes import macro_accuracy, probe_records, probe_settings
 from prefix_composer.evaluation.tasks import build_task_manager, check_task_names, check_tasks
@@ -78,8 +86,7 @@ def records_folder(state: State, records_dir: Optional[str], callback: str = 'lm
             f'has {"a remote save_folder" if savers else "no save_folder"}. Set callbacks.{callback}.records_dir to a '
             f'local or mounted folder (e.g. ${{variables.run_root}}/${{run_name}}/{kind}).',
         )
-    run_folder = os.path.dirname(os.path.abspath(format_name_with_dist(savers[0].folder, state.run_name)))
-    return kind_records_folder(run_folder, kind)
+    return default_records_folder(format_name_with_dist(savers[0].folder, state.run_name), kind)
 
 
 def state_run_identity(state: State) -> dict[str, Any]:
@@ -89,6 +96,16 @@ def state_run_identity(state: State) -> dict[str, Any]:
     augmentation = {'stochastok': {'expand_prop': a.expand_prop} for a in state.algorithms if isinstance(a, StochasTok)}
     return run_identity(state.run_name, state.rank_zero_seed, model.config.to_dict(),
                         objectives[0].to_config(complete=True) if objectives else None, augmentation or None)
+
+
+def eval_split(state: State) -> Any:
+    """The dataset of the run's ``eval`` evaluator (llm-foundry's ``eval_loader``), where the recovery's
+    positions come from; ``ValueError`` without one."""
+    evaluators = [e for e in state.evaluators if e.label == 'eval']
+    if not evaluators:
+        raise ValueError('callbacks.lm_eval.recovery draws its positions from the eval_loader split, but the run has '
+                         'no eval_loader (evaluator "eval"); add one or set callbacks.lm_eval.recovery: null.')
+    return evaluators[0].dataloader.dataloader.dataset
 
 
 def check_limit(limit: Any) -> None:
@@ -169,6 +186,10 @@ class LMEvalCallback(Callback):
         self.probes = None if probes is None else probe_settings(probes)
         self.recovery = None if recovery is None else recovery_settings(recovery)
         self.probe_untrained: Optional[dict[str, float]] = None  # checkpointed: batch 0's macro accuracies
+        # What the probes and the recovery need of the vocabulary and the eval split, derived once (rank 0, fit start).
+        self.vocab: Optional[tuple[list[bytes], set[int]]] = None
+        self.tokenizer_hash: Optional[str] = None
+        self.recovery_plan: Optional[RecoveryPlan] = None
         self.folder: Optional[str] = None
         self.run: Optional[dict[str, Any]] = None
         start = time.perf_counter()
@@ -196,6 +217,11 @@ class LMEvalCallback(Callback):
                 if removed:
                     log.info('lm_eval: removed %d records files past the resumed batch %d: %s.',
                              len(removed), int(state.timestamp.batch), removed)
+            if self.probes is not None or self.recovery is not None:
+                _, tokenizer = unwrap_hf_model(state)
+                self.vocab, self.tokenizer_hash = token_byte_strings(tokenizer), tokenizer_content_hash(tokenizer)
+            if self.recovery is not None:
+                self.recovery_plan = recovery_plan(eval_split(state), *self.vocab, self.recovery)
             if self.probes is not None and int(state.timestamp.batch) == 0:
                 self.probe_untrained = macro_accuracy(self.write_probes(state).items)
         if self.interrupted_batch is not None:
@@ -248,22 +274,17 @@ class LMEvalCallback(Callback):
     def measurement_folders(self) -> dict[str, str]:
         """``{kind: folder}`` of the measurements this callback writes beside its lm-eval records."""
         kinds = [kind for kind, on in (('probes', self.probes), ('recovery', self.recovery)) if on is not None]
-        return {kind: os.path.join(os.path.dirname(self.folder), kind) for kind in kinds}
+        return {kind: kind_records_folder(os.path.dirname(self.folder), kind) for kind in kinds}
 
     def write_recovery(self, state: State) -> Records:
         """The prefix-path recovery records of the current model on the ``eval`` split (global rank 0)."""
         start = time.perf_counter()
         model, tokenizer = unwrap_hf_model(state)
-        evaluators = [e for e in state.evaluators if e.label == 'eval']
-        if not evaluators:
-            raise ValueError('callbacks.lm_eval.recovery draws its positions from the eval_loader split, but the run has '
-                             'no eval_loader (evaluator "eval"); add one or set callbacks.lm_eval.recovery: null.')
         batch = int(state.timestamp.batch)
         with preserved_train_modes(model):
             model.eval()
-            records = recovery_records(model, tokenizer, evaluators[0].dataloader.dataloader.dataset,
-                                       *token_byte_strings(tokenizer), self.recovery, self.run, batch,
-                                       int(state.timestamp.token), tokenizer_content_hash(tokenizer),
+            records = recovery_records(model, tokenizer, eval_split(state), self.recovery_plan, self.recovery, self.run,
+                                       batch, int(state.timestamp.token), self.tokenizer_hash,
                                        AUTOCAST_DTYPES[Precision(state.precision)])
         path = records_path(self.measurement_folders()['recovery'], batch)
         write_records(path, records)
@@ -274,12 +295,10 @@ class LMEvalCallback(Callback):
     def write_probes(self, state: State) -> Records:
         """The spelling-probe records of the current embedding (global rank 0)."""
         start = time.perf_counter()
-        model, tokenizer = unwrap_hf_model(state)
-        pieces, specials = token_byte_strings(tokenizer)
+        model, _ = unwrap_hf_model(state)
         batch = int(state.timestamp.batch)
-        records = probe_records(model.get_input_embeddings().weight, pieces, specials, self.probes, self.run, batch,
-                                int(state.timestamp.token), self.probe_untrained if batch else None,
-                                tokenizer_content_hash(tokenizer))
+        records = probe_records(model.get_input_embeddings().weight, *self.vocab, self.probes, self.run, batch,
+                                int(state.timestamp.token), self.probe_untrained if batch else None, self.tokenizer_hash)
         path = records_path(self.measurement_folders()['probes'], batch)
         write_records(path, records)
         log.info('lm_eval: spelling probes %s in %.1f s: %s.', macro_accuracy(records.items),

@@ -15,10 +15,14 @@ bytes, mapped through the byte-level alphabet, so no UTF-8 decoding), from batch
 ``P(rest | ctx, p)`` is the product of the next-token probabilities of the rest's tokens. Items:
 task ``recovery``, ``doc_id`` = sample index · max_seq_len + t; extra fields ``gold``,
 ``prefixes`` ([prefix id, rest ids, log P(p), log P(rest | p)]). Only global rank 0 computes.
+
+The positions and the prefix table depend on the split and the vocabulary only: ``recovery_plan``
+derives them once, and every evaluation of a run scores the same plan (``recovery_records``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from typing import Any, Mapping, Optional
@@ -100,13 +104,31 @@ def path_log_probs(model: PreTrainedModel, paths: list[tuple[list[int], list[int
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class RecoveryPlan:
+    """What every evaluation of a run scores: the vocabulary's bytes, each id's strict prefixes and the
+    drawn (sample, t) positions of the eval split."""
+
+    pieces: list[bytes]
+    prefixes: list[list[int]]
+    positions: list[tuple[int, int]]
+
+
+def recovery_plan(dataset: StreamingDataset, pieces: list[bytes], specials: set[int],
+                  settings: Mapping[str, Any]) -> RecoveryPlan:
+    """The prefix table of the vocabulary and the positions drawn from the eval split ``dataset``."""
+    prefixes = strict_prefix_ids(pieces, specials)
+    return RecoveryPlan(pieces, prefixes, draw_positions(dataset, prefixes, settings['positions'], settings['seed']))
+
+
 def recovery_items(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: StreamingDataset,
-                   positions: list[tuple[int, int]], pieces: list[bytes], prefixes: list[list[int]],
-                   settings: Mapping[str, Any], autocast: Optional[torch.dtype] = None) -> list[dict[str, Any]]:
-    """One item per position (module docstring)."""
+                   plan: RecoveryPlan, settings: Mapping[str, Any],
+                   autocast: Optional[torch.dtype] = None) -> list[dict[str, Any]]:
+    """One item per position of ``plan`` (module docstring)."""
+    pieces, prefixes = plan.pieces, plan.prefixes
     seq_len = len(sample_tokens(dataset, 0))
     paths, layout = [], []
-    for sample, t in positions:
+    for sample, t in plan.positions:
         tokens = sample_tokens(dataset, sample).tolist()
         context, gold = tokens[max(0, t - settings['context']):t], tokens[t]
         splits = [(p, canonical_ids(tokenizer, pieces[gold][len(pieces[p]):])) for p in prefixes[gold]]
@@ -130,12 +152,10 @@ def recovery_items(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, d
 
 
 def recovery_records(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset: StreamingDataset,
-                     pieces: list[bytes], specials: set[int], settings: Mapping[str, Any], run: Mapping[str, Any],
-                     batch: int, tokens: int, tokenizer_hash: str, autocast: Optional[torch.dtype] = None) -> Records:
-    """The recovery records of ``model`` on the eval split ``dataset`` (positions drawn from it)."""
-    prefixes = strict_prefix_ids(pieces, specials)
-    positions = draw_positions(dataset, prefixes, settings['positions'], settings['seed'])
-    items = recovery_items(model, tokenizer, dataset, positions, pieces, prefixes, settings, autocast)
+                     plan: RecoveryPlan, settings: Mapping[str, Any], run: Mapping[str, Any], batch: int, tokens: int,
+                     tokenizer_hash: str, autocast: Optional[torch.dtype] = None) -> Records:
+    """The recovery records of ``model`` at the positions of ``plan`` (``recovery_plan`` of the eval split ``dataset``)."""
+    items = recovery_items(model, tokenizer, dataset, plan, settings, autocast)
     digest = hashlib.sha256(''.join(f'{i["doc_id"]} {i["gold"]}\n' for i in items).encode()).hexdigest()
     header_settings = {'tasks': [TASK], 'items': {TASK: {'n': len(items), 'hash': digest}},
                        'tokenizer_hash': tokenizer_hash, **settings}

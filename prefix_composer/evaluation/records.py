@@ -55,16 +55,16 @@ class Records:
     items: list[dict[str, Any]]
 
 
-def default_records_folder(save_folder: str) -> str:
-    """Where records go without ``records_dir``: ``lm_eval`` beside the checkpoint folder ``save_folder``."""
-    return os.path.join(os.path.dirname(os.path.abspath(save_folder)), RECORDS_SUBDIR)
-
-
 def records_folder(run_folder: str, kind: str) -> str:
     """``<run folder>/<kind>``: where the records of ``kind`` (one of ``RECORD_KINDS``) go."""
     if kind not in RECORD_KINDS:
         raise ValueError(f'Unknown records kind {kind!r}; one of {RECORD_KINDS}.')
     return os.path.join(run_folder, kind)
+
+
+def default_records_folder(save_folder: str, kind: str = RECORDS_SUBDIR) -> str:
+    """Where records of ``kind`` go without ``records_dir``: beside the checkpoint folder ``save_folder``."""
+    return records_folder(os.path.dirname(os.path.abspath(save_folder)), kind)
 
 
 def records_path(folder: str, batch: int) -> str:

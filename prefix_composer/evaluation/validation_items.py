@@ -108,11 +108,11 @@ def split_digests(dataset: StreamingDataset) -> dict[int, str]:
 
 
 def validation_records(items: list[dict[str, Any]], digests: Mapping[int, str], run: Mapping[str, Any], batch: int,
-                       tokens: int, tokenizer: PreTrainedTokenizerBase, autocast: Optional[torch.dtype]) -> Records:
+                       tokens: int, tokenizer_hash: str, autocast: Optional[torch.dtype]) -> Records:
     """The records file of one evaluation; ``settings.items.val.hash`` covers every (id, content digest)."""
     digest = hashlib.sha256(''.join(f'{i} {digests[i]}\n' for i in sorted(digests)).encode()).hexdigest()
     settings = {'tasks': [TASK], 'items': {TASK: {'n': len(digests), 'hash': digest}},
-                'tokenizer_hash': tokenizer_content_hash(tokenizer),
+                'tokenizer_hash': tokenizer_hash,
                 'autocast': None if autocast is None else str(autocast).removeprefix('torch.'), 'classes': list(CLASSES)}
     return measurement_records('validation', run, batch, tokens, settings, {TASK: {m: False for m in METRICS}}, items,
                                info={})
@@ -187,6 +187,7 @@ class ValidationItems(Callback):
         self.member: Optional[torch.Tensor] = None
         self.run: Optional[dict[str, Any]] = None
         self.digests: Optional[dict[int, str]] = None  # sample index -> content digest (rank 0, built once)
+        self.tokenizer_hash: Optional[str] = None  # rank 0, fit start
         self.rows: dict[str, torch.Tensor] = {}
 
     def fit_start(self, state: State, logger: Logger) -> None:
@@ -202,6 +203,7 @@ class ValidationItems(Callback):
         self.member = class_membership(*token_byte_strings(tokenizer))
         self.folder = records_folder(state, self.records_dir, callback='validation_items', kind='validation')
         if dist.get_global_rank() == 0:
+            self.tokenizer_hash = tokenizer_content_hash(tokenizer)
             removed = remove_records_after(self.folder, int(state.timestamp.batch))
             if removed:
                 log.info('validation_items: removed %d records files past the resumed batch %d.', len(removed),
@@ -235,9 +237,8 @@ class ValidationItems(Callback):
         if missing:
             raise RuntimeError(f'validation_items: the evaluation scored no row for the samples {missing[:10]} of the '
                                f'{len(digests)} in the eval split; the evaluated set was not the whole split.')
-        _, tokenizer = unwrap_hf_model(state)
         records = validation_records([sequence_item(i, rows[d]) for i, d in digests.items()], digests, self.run,
-                                     int(state.timestamp.batch), int(state.timestamp.token), tokenizer,
+                                     int(state.timestamp.batch), int(state.timestamp.token), self.tokenizer_hash,
                                      AUTOCAST_DTYPES[Precision(state.precision)])
         path = records_path(self.folder, int(state.timestamp.batch))
         write_records(path, records)
