@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import json
 import os
 import sys
@@ -105,23 +104,30 @@ def export_hf_folder(checkpoint: dict[str, Any], out_dir: str) -> PreTrainedToke
 
 
 def recorded_objective(checkpoint_path: str) -> dict[str, Any] | None:
-    """The objective (``ObjectiveSpec`` fields, as the callback records it) of the run's
-    ``algorithms.prefix_smoothing`` block in the experiment record next to the checkpoint; None without one."""
+    """The run's ``algorithms.prefix_smoothing`` block in the experiment record next to the checkpoint;
+    None without one."""
     path = os.path.join(os.path.dirname(checkpoint_path), RECORD_NAME)
     if not os.path.isfile(path):
         return None
     block = unflatten_block(read_json(path, 'experiment record', RECORD_DAMAGED)['experiment'], 'algorithms.prefix_smoothing')
-    return dataclasses.asdict(PrefixSmoothing(**block).spec) if block else None
+    return block or None
+
+
+def objective_identity(block: dict[str, Any]) -> dict[str, Any]:
+    """An ``algorithms.prefix_smoothing`` block as the callback records the objective (``state_run_identity``):
+    the ``PrefixSmoothing`` spec with every parameter, so blocks that differ only in omitted defaults agree."""
+    return PrefixSmoothing(**block).spec.to_config(complete=True)
 
 
 def checkpoint_run_identity(checkpoint: dict[str, Any], objective: dict[str, Any] | None) -> dict[str, Any]:
     """The records header's ``run`` for the checkpoint: what the ``lm_eval`` callback saved in it,
-    else built from the checkpoint (name, seed, model config) and ``objective`` (``--objective``, else
-    the run's experiment record), which a run with ``PrefixSmoothing`` but no ``lm_eval`` callback needs."""
+    else built from the checkpoint (name, seed, model config) and ``objective`` (the ``--objective`` block,
+    else the run's experiment record's), which a run with ``PrefixSmoothing`` but no ``lm_eval`` callback
+    needs; a block is compared and recorded as ``objective_identity``."""
     state = checkpoint['state']
     saved = (state.get('callbacks') or {}).get('LMEvalCallback', {}).get('run')
     if saved is not None:
-        if objective is not None and objective != saved['objective']:
+        if objective is not None and objective_identity(objective) != saved['objective']:
             raise ValueError(f'--objective {json.dumps(objective)} contradicts the checkpoint, which was trained with '
                              f'{json.dumps(saved["objective"])}; drop --objective.')
         return saved
@@ -133,7 +139,8 @@ def checkpoint_run_identity(checkpoint: dict[str, Any], objective: dict[str, Any
                          "algorithms.prefix_smoothing block: --objective '{\"objective\": \"prefix_softmax\", "
                          '"eps": 1.0, "tau": 1.0, "support": "inclusive"}\'.')
     config = get_hf_config_from_composer_state_dict(checkpoint).to_dict()
-    return run_identity(state['run_name'], state['rank_zero_seed'], config, objective if smoothed else None)
+    return run_identity(state['run_name'], state['rank_zero_seed'], config,
+                        objective_identity(objective) if smoothed else None)
 
 
 def refuse_other_settings(path: str, settings: dict[str, Any]) -> None:
