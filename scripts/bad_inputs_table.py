@@ -53,6 +53,18 @@ BAD_CONFIG_REFUSALS = [  # (override of yamls/smoke_cpu.yaml, message fragment)
 ]
 
 
+DURATION_REFUSALS = [  # (override of yamls/smoke_cpu.yaml, message fragment)
+    ('save_interval=0ba', 'save_interval=0ba never saves a checkpoint'),
+    ('save_interval=0ep', 'save_interval=0ep never saves a checkpoint'),
+    ('save_interval=0.0dur', 'save_interval=0.0dur never saves a checkpoint'),
+    ('save_interval=-5ba', 'save_interval=-5ba never saves a checkpoint'),
+    ('save_interval=0', 'save_interval=0 never saves a checkpoint'),
+    ('save_interval=often', "save_interval='often' is not a Composer duration"),
+    ('max_duration=0ba', 'max_duration=0ba trains nothing. Set max_duration to the length of the run'),
+    ('max_duration=0tok', 'max_duration=0tok trains nothing'),
+]
+
+
 CONFIG_KEY_REFUSALS = [  # (override of yamls/smoke_cpu.yaml, message fragment)
     ('model.config.num_hiden_layers=1',
      'model.config.num_hiden_layers is not a key of transformers.LlamaConfig (did you mean num_hidden_layers?); '
@@ -269,6 +281,8 @@ def cases() -> Iterator[Case]:
         yield Case('objective and model', f'`{override}`', message, [override])
     for override, message in CONFIG_KEY_REFUSALS:
         yield Case('keys nothing reads', f'`{override}`', message, [override])
+    for override, message in DURATION_REFUSALS:
+        yield Case('durations', f'`{override}`', message, [override])
     for arguments, message in OBJECTIVE_REFUSALS:
         yield Case('objective parameters', f'`algorithms.prefix_smoothing: {arguments}`', message,
                    objective_overrides(arguments))

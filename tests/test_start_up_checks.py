@@ -13,19 +13,11 @@ from prefix_composer.runtime import launch
 from prefix_composer.runtime.config_checks import check_durations
 from prefix_composer.runtime.experiment import RECORD_NAME, check_experiment
 
+from lm_eval_helpers import load_script
+
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = str(REPO / 'yamls' / 'smoke_cpu.yaml')
-
-DURATION_REFUSALS = [  # (override of yamls/smoke_cpu.yaml, message fragment)
-    ('save_interval=0ba', 'save_interval=0ba never saves a checkpoint'),
-    ('save_interval=0ep', 'save_interval=0ep never saves a checkpoint'),
-    ('save_interval=0.0dur', 'save_interval=0.0dur never saves a checkpoint'),
-    ('save_interval=-5ba', 'save_interval=-5ba never saves a checkpoint'),
-    ('save_interval=0', 'save_interval=0 never saves a checkpoint'),
-    ('save_interval=often', "save_interval='often' is not a Composer duration"),
-    ('max_duration=0ba', 'max_duration=0ba trains nothing. Set max_duration to the length of the run'),
-    ('max_duration=0tok', 'max_duration=0tok trains nothing'),
-]
+DURATION_REFUSALS = load_script('bad_inputs_table').DURATION_REFUSALS  # the cases' owner (docs/bad_inputs.md)
 
 
 @pytest.mark.parametrize('override, message', DURATION_REFUSALS)
