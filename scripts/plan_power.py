@@ -4,9 +4,9 @@ Prints, for every headline comparison of the report (and one row per exploratory
 smallest true difference to the baseline that the report's test detects with 80% power, unadjusted
 and at the level the report will use (``alpha / m`` over its section), from the item counts, seeds
 and assumed spread given here (``prefix_composer.analysis.power``). Defaults: the full lm-eval
-tasks, 11 + 11 CharBench subtasks of 300 items, the production YAMLs' 5,120 validation sequences,
-71,202 letter-only Llama-3 tokens for the probes, 2,000 recovery positions. Check of the figures
-by simulation: ``scripts/power_simulation.py``.
+tasks, 11 + 11 CharBench subtasks of 300 items, the production YAMLs' 4,882 validation sequences
+(the whole val split), 71,202 letter-only Llama-3 tokens for the probes, 2,000 recovery positions.
+Check of the figures by simulation: ``scripts/power_simulation.py``.
 """
 
 from __future__ import annotations

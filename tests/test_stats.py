@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -387,6 +388,16 @@ def test_plan_matches_the_stated_figures_and_its_simulation():
     gen = np.random.default_rng(7)
     for label in ('winogrande acc', 'recovery logp_marginal'):
         assert 0.70 <= simulation.detection_rate(rows[label], 3, 0.05, 150, gen) <= 0.90, label
+
+
+def test_planned_validation_sequences_are_the_production_val_split():
+    from omegaconf import OmegaConf as om
+
+    from prefix_composer.analysis.power import VALIDATION_SEQUENCES
+    for base in sorted((Path(__file__).resolve().parent.parent / 'yamls' / 'base').glob('*.yaml')):
+        cfg = om.load(base)
+        assert cfg.eval_subset_num_batches == -1, base  # the whole split is evaluated
+        assert VALIDATION_SEQUENCES == cfg.variables.data.val_tokens // cfg.variables.max_seq_len, base
 
 
 def test_plan_power_cli_prints_the_table(capsys):

@@ -20,8 +20,9 @@ from prefix_composer.analysis.stats import minimum_detectable_effect
 LM_EVAL_ITEMS = {'hellaswag': 10042, 'piqa': 1838, 'winogrande': 1267, 'arc_easy': 2376}
 CHARBENCH_SUBTASKS = 11
 CHARBENCH_ITEMS = 300
-# Validation sequences of the production YAMLs: eval_subset_num_batches 40 x device_eval_batch_size 16 x 8 GPUs.
-VALIDATION_SEQUENCES = 40 * 16 * 8
+# Validation sequences of the production YAMLs: their whole val split is evaluated (eval_subset_num_batches -1),
+# variables.data.val_tokens 10,000,000 packed into max_seq_len 2,048 (tests/test_stats.py checks it against the YAMLs).
+VALIDATION_SEQUENCES = 10_000_000 // 2048
 # Probe items: the Llama-3 ids whose bytes are ASCII letters with an optional leading space.
 PROBE_TOKENS = 71_202
 RECOVERY_POSITIONS = 2000
