@@ -28,7 +28,6 @@ import compare_runs
 import make_yamls
 
 from prefix_composer.runtime.sweep import (
-    ATTENTION,
     gpu_hours,
     plan_run,
     run_folders,

@@ -14,7 +14,8 @@ import pytest
 import torch
 from test_fused_loss import fused_with_grads, head_example
 from test_loss import FLOAT64_RTOL, IGNORE, PADDED_VOCAB, PIECES, SPECIALS, dense_reference, dense_targets
-from test_preemption import COMPOSER, assert_equal_states, finish, metric_rows, resumed_from, wait_for
+from test_preemption import assert_equal_states, finish, metric_rows, resumed_from, wait_for
+from test_preemption import start as start_training
 
 from prefix_composer.losses.soft_target import soft_target_cross_entropy
 from prefix_composer.objectives import EpsSchedule, ObjectiveSpec, build_target_table
@@ -171,13 +172,7 @@ OVERRIDES = [
 
 
 def start(run_root, mds, name):
-    import subprocess
-    log = open(run_root / f'{name}.log', 'w')
-    command = [*COMPOSER, 'train.py', 'yamls/smoke_cpu.yaml', *OVERRIDES, f'variables.run_root={run_root}',
-               f'variables.data.mds_dir={mds}']
-    proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    proc.log_path = run_root / f'{name}.log'
-    return proc
+    return start_training(run_root, mds, name, overrides=OVERRIDES)
 
 
 def train_rows(run_root) -> pd.DataFrame:

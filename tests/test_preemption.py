@@ -57,15 +57,16 @@ RUN_TIMEOUT_S = 1800  # generous: the shared CI machine can be very slow; runs p
 
 
 # -- running training ---------------------------------------------------------------------
-def command(tmp_path, mds, launcher=COMPOSER, script=('train.py',)):
-    return [*launcher, *script, 'yamls/smoke_cpu.yaml', *OVERRIDES,
+def command(tmp_path, mds, launcher=COMPOSER, script=('train.py',), overrides=OVERRIDES):
+    return [*launcher, *script, 'yamls/smoke_cpu.yaml', *overrides,
             f'variables.run_root={tmp_path}', f'variables.data.mds_dir={mds}']
 
 
-def start(tmp_path, mds, name, launcher=COMPOSER, script=('train.py',)):
+def start(tmp_path, mds, name, launcher=COMPOSER, script=('train.py',), overrides=OVERRIDES):
+    """The smoke training in its own session, its output in ``<tmp_path>/<name>.log`` (``proc.log_path``)."""
     log_file = open(tmp_path / f'{name}.log', 'w')
-    proc = subprocess.Popen(command(tmp_path, mds, launcher, script), cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(command(tmp_path, mds, launcher, script, overrides), cwd=REPO, stdout=log_file,
+                            stderr=subprocess.STDOUT, start_new_session=True)
     proc.log_path = tmp_path / f'{name}.log'
     return proc
 

@@ -9,7 +9,6 @@ import glob
 import os
 import random
 import signal
-import subprocess
 import sys
 import sysconfig
 
@@ -22,8 +21,9 @@ from streaming.base.partition import get_partitions
 from prefix_composer.objectives.splits import build_split_table, expand
 from prefix_composer.training import stochastok as stochastok_module
 from prefix_composer.training.stochastok import StochasTok, sample_positions
-from test_preemption import (MAX_BATCHES, REPO, assert_same_final_state, command, finish, last_logged_batch,
+from test_preemption import (MAX_BATCHES, OVERRIDES, REPO, assert_same_final_state, finish, last_logged_batch,
                              resumed_from, wait_for)
+from test_preemption import start as start_training
 
 WIDTH = 256
 
@@ -197,11 +197,7 @@ STOCHASTOK = ['algorithms.stochastok.expand_prop=0.3']
 
 
 def start(tmp_path, mds, name, extra=STOCHASTOK):
-    log_file = open(tmp_path / f'{name}.log', 'w')
-    proc = subprocess.Popen(command(tmp_path, mds) + extra, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    proc.log_path = tmp_path / f'{name}.log'
-    return proc
+    return start_training(tmp_path, mds, name, overrides=[*OVERRIDES, *extra])
 
 
 def test_bad_expand_prop_is_refused_before_the_model_is_built(tmp_path, tiny_mds):
