@@ -8,6 +8,7 @@ atomic checkpoints, preemption or the launcher. After re-checking, update the ha
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
 import inspect
@@ -18,16 +19,16 @@ import pytest
 PINNED = '0.32.1'
 
 INTERNALS = [  # (dotted name, sha256 of its source in Composer 0.32.1, what depends on it)
-    ('composer.callbacks.CheckpointSaver._save_checkpoint',
+    ('composer.callbacks.checkpoint_saver.CheckpointSaver._save_checkpoint',
      '2f1b5899b0e325bd099f521d56163201cb9a1cefea7369f22a5b946f18a3d1f6',
      'runtime/checkpoints.AtomicCheckpointSaver overrides it (atomic save, folder-wide retention) and '
      'runtime/preemption.GracefulPreemption calls it to save the preemption checkpoint'),
-    ('composer.callbacks.CheckpointSaver.__init__',
+    ('composer.callbacks.checkpoint_saver.CheckpointSaver.__init__',
      'e0762d67289b1017234e128ff0c20e0b2203ab5d74a870d250d93b2a218266b1',
      'AtomicCheckpointSaver reads and writes the fields it sets (filename, latest_filename, remote_uploader, '
      'num_checkpoints_to_keep, weights_only, ignore_keys, last_checkpoint_batch, saved_checkpoints, '
      'all_saved_checkpoints_to_timestamp); GracefulPreemption swaps the class of the Trainer\'s instance'),
-    ('composer.callbacks.CheckpointSaver.batch_checkpoint',
+    ('composer.callbacks.checkpoint_saver.CheckpointSaver.batch_checkpoint',
      '68a12f46ece3b5a372cbf7be9916fd79805f78afe8f0a5487135adb667a2e0da',
      'interval saves reach AtomicCheckpointSaver._save_checkpoint through it; GracefulPreemption skips its own '
      'save when last_checkpoint_batch is this batch'),
@@ -49,16 +50,25 @@ INTERNALS = [  # (dotted name, sha256 of its source in Composer 0.32.1, what dep
 ]
 
 
-def resolve(dotted: str):
+def pristine_source(dotted: str) -> str:
+    """The source of ``dotted`` as its module's file defines it (decorators included, as ``inspect.getsource``
+    gives it), read from the file rather than from the attribute, which the project may have replaced in this
+    process (runtime/multinode installs its own ``get_node_signal_file_name`` when a run starts)."""
     parts = dotted.split('.')
-    for split in range(len(parts), 0, -1):
+    for split in range(len(parts) - 1, 0, -1):
         try:
-            obj = importlib.import_module('.'.join(parts[:split]))
+            module = importlib.import_module('.'.join(parts[:split]))
         except ImportError:
             continue
-        for attr in parts[split:]:
-            obj = getattr(obj, attr)
-        return obj
+        lines = inspect.getsource(module).splitlines(keepends=True)
+        body = ast.parse(''.join(lines)).body
+        for name in parts[split:]:
+            node = next((n for n in body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name == name), None)
+            if node is None:
+                raise AttributeError(f'{name} is not defined in {module.__name__}')
+            body = node.body
+        first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+        return ''.join(lines[first - 1:node.end_lineno])
     raise ImportError(dotted)
 
 
@@ -71,7 +81,7 @@ def test_composer_is_the_pinned_version():
 @pytest.mark.parametrize('name, digest, relies', INTERNALS, ids=[n for n, _, _ in INTERNALS])
 def test_composer_internal_is_unchanged(name, digest, relies):
     try:
-        source = inspect.getsource(resolve(name))
+        source = pristine_source(name)
     except (ImportError, AttributeError) as e:
         pytest.fail(f'{name} no longer exists in Composer {composer.__version__} ({e}); {relies}.')
     got = hashlib.sha256(source.encode()).hexdigest()
