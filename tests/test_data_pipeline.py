@@ -312,7 +312,7 @@ def test_produced_mds_trains_with_composer(corpus):
     run = run_config(corpus, 'mds_train', max_seq_len=32)
     create_mds(run, workers=2, progress=False)
     run_root = os.path.join(corpus['root'], 'train_runs')
-    cmd = [os.path.join(os.path.dirname(sys.executable), 'composer'), 'train.py', h.SMOKE_YAML,
+    cmd = [sys.executable, 'train.py', h.SMOKE_YAML,
            f'variables.data.mds_dir={run.mds_dir}', f'variables.run_root={run_root}', 'max_seq_len=32',
            'global_train_batch_size=4', 'device_train_microbatch_size=4', 'device_eval_batch_size=4',
            'max_duration=3ba', 'eval_interval=3ba', 'save_interval=3ba']

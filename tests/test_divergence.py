@@ -1,7 +1,7 @@
 """Divergence stop (docs/preemption.md#divergence): a non-finite loss ends the run before its next
 checkpoint, the run folder records it, and a restart is refused until allow_diverged_resume=true.
 
-The end-to-end test runs the real ``composer train.py yamls/smoke_cpu.yaml`` with a NaN loss
+The end-to-end test runs the real ``python train.py yamls/smoke_cpu.yaml`` with a NaN loss
 injected at a checkpoint batch by the test-only callback of ``tests/non_finite_loss.py``, which
 llm-foundry's registry finds through an entry point of a throw-away distribution on PYTHONPATH.
 """
@@ -32,7 +32,6 @@ from prefix_composer.runtime.run_record import (
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(REPO, 'tests')
-COMPOSER = os.path.join(os.path.dirname(sys.executable), 'composer')
 NAN_AT = 4  # a checkpoint batch (save_interval 2ba): a stop after its BATCH_CHECKPOINT would save NaN weights
 OVERRIDES = ['max_seq_len=32', 'global_train_batch_size=4', 'device_train_microbatch_size=4', 'device_eval_batch_size=4',
              'max_duration=6ba', 'save_interval=2ba', 'save_num_checkpoints_to_keep=2', 'eval_interval=3ba',
@@ -50,7 +49,7 @@ def with_injection_entry_point(site) -> dict[str, str]:
 
 
 def train(run_root, mds, env, *extra) -> subprocess.CompletedProcess:
-    return subprocess.run([COMPOSER, 'train.py', 'yamls/smoke_cpu.yaml', *OVERRIDES, f'variables.run_root={run_root}',
+    return subprocess.run([sys.executable, 'train.py', 'yamls/smoke_cpu.yaml', *OVERRIDES, f'variables.run_root={run_root}',
                            f'variables.data.mds_dir={mds}', *extra], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=1800)
 

@@ -2,9 +2,11 @@
 
 Subprocess runs of ``composer train.py yamls/smoke_cpu.yaml`` (tiny model, 32-token sequences,
 batch 4, checkpoint every 2 batches keeping 2, eval every 4, attention dropout so that the RNG
-state matters). Every interrupted run is restarted with the same command until it finishes; its
-final checkpoint must equal A's bitwise (model, optimizer, scheduler, timestamp, RNG, dataset
-position) and its metrics.csv must have A's rows. Plus unit tests of the checkpoint helpers.
+state matters), with every component that carries state across a restart switched on (``STATEFUL``:
+an eps schedule, StochasTok, MLflow). Every interrupted run is restarted with the same command until
+it finishes; its final checkpoint must equal A's bitwise (model, optimizer, scheduler, timestamp,
+RNG, dataset position), its metrics.csv must have A's rows and, after SIGKILLs, MLflow must hold one
+run with each value once. Plus unit tests of the checkpoint helpers.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from composer.core import Callback
 from omegaconf import DictConfig
 
 from lm_eval_helpers import load_script, train_tiny
+from test_mlflow import assert_one_mlflow_run_with_each_csv_value_once
 from prefix_composer.runtime.checkpoints import (
     CORRUPT_SUFFIX,
     LATEST_NAME,
@@ -45,11 +48,21 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_BATCHES = 12
 SAVE_EVERY = 2
 KEEP = 2
-OVERRIDES = [
+SMOKE_OVERRIDES = [
     'max_seq_len=32', 'global_train_batch_size=4', 'device_train_microbatch_size=4', 'device_eval_batch_size=4',
     f'max_duration={MAX_BATCHES}ba', f'save_interval={SAVE_EVERY}ba', f'save_num_checkpoints_to_keep={KEEP}',
     'eval_interval=4ba', 'eval_subset_num_batches=2', 'console_log_interval=1ba', 'model.config.attention_dropout=0.1',
 ]
+# The objective changes during the run (eps 0.5 until batch 4, linear to 0 at batch 10), the training
+# batches are split at random (StochasTok), MLflow holds values back until a checkpoint: a resume must
+# continue each of them exactly.
+EPS_SCHEDULE = {'schedule': 'ptp', 'value': 0.5, 't1': 4, 't2': 10}  # t1, t2 in batches
+STATEFUL = [
+    'algorithms.prefix_smoothing.eps={{schedule: {schedule}, value: {value}, t1: {t1}ba, t2: {t2}ba}}'.format(**EPS_SCHEDULE),
+    'algorithms.stochastok.expand_prop=0.3',
+    'loggers.mlflow.tracking_uri=file:${variables.run_root}/mlruns', 'loggers.mlflow.experiment_name=preemption',
+]
+OVERRIDES = [*SMOKE_OVERRIDES, *STATEFUL]
 # Columns that measure wall-clock time and legitimately differ between runs.
 TIMING_COLUMNS = re.compile(r'^(wall_time_s|throughput/.*|time/(train|val|total))$')
 COMPOSER = (os.path.join(os.path.dirname(sys.executable), 'composer'),)  # the venv's, not PATH's
@@ -79,8 +92,8 @@ def finish(proc) -> int:
         raise
 
 
-def run_to_end(tmp_path, mds, name):
-    proc = start(tmp_path, mds, name)
+def run_to_end(tmp_path, mds, name, launcher=COMPOSER):
+    proc = start(tmp_path, mds, name, launcher)
     assert finish(proc) == 0, proc.log_path.read_text()[-5000:]
     return proc.log_path.read_text()
 
@@ -166,12 +179,23 @@ def assert_same_final_state(run_root, reference_root):
         + [n for n in os.listdir(folder(run_root)) if n.endswith(CORRUPT_SUFFIX)])
 
 
+def expected_eps(batch: int) -> float:
+    """``EPS_SCHEDULE`` in force while batch ``batch`` (1-based) trains, i.e. after ``batch - 1`` batches."""
+    t, peak, t1, t2 = batch - 1, EPS_SCHEDULE['value'], EPS_SCHEDULE['t1'], EPS_SCHEDULE['t2']
+    return peak if t <= t1 else peak * max(t2 - t, 0) / (t2 - t1)
+
+
 @pytest.fixture(scope='module')
 def straight_run(tmp_path_factory, tiny_mds):
-    """Run A: 12 batches without interruption."""
+    """Run A: 12 batches without interruption (``train.py`` without the launcher, which it does not test),
+    with the ``STATEFUL`` components really at work: the scheduled eps per batch, split training batches."""
     root = tmp_path_factory.mktemp('run_a')
-    run_to_end(root, tiny_mds, 'a')
+    run_to_end(root, tiny_mds, 'a', launcher=(sys.executable,))
     assert os.readlink(folder(root) / LATEST_NAME) == f'ep0-ba{MAX_BATCHES}-rank0.pt'
+    with open(root / 'smoke_cpu' / 'metrics.csv', newline='') as f:
+        train = [r for r in csv.DictReader(f) if r['phase'] == 'train']
+    assert [float(r['objective/eps']) for r in train] == pytest.approx([expected_eps(b) for b in range(1, MAX_BATCHES + 1)])
+    assert all(float(r['stochastok/split_prop']) > 0 for r in train)
     return root
 
 
@@ -207,6 +231,7 @@ def test_sigkill_at_batches_between_and_on_checkpoints_resumes_bitwise_identical
             killed_at = last_logged_batch(tmp_path)
             assert kill_after <= killed_at < MAX_BATCHES
     assert_same_final_state(tmp_path, straight_run)
+    assert_one_mlflow_run_with_each_csv_value_once(f'file:{tmp_path / "mlruns"}', 'preemption', tmp_path, MAX_BATCHES)
 
 
 # -- guarantee 2: SIGTERM to the launcher --------------------------------------------------
@@ -241,7 +266,7 @@ def test_repeated_sigterms_save_the_current_batch_once_and_exit_zero(tmp_path, t
 
 # -- guarantee 3: kill mid-save, truncated newest checkpoint, missing symlink -------------
 def test_kill_mid_save_truncated_checkpoint_and_missing_symlink(tmp_path, tiny_mds, straight_run):
-    proc = start(tmp_path, tiny_mds, 'd1', script=('tests/train_killed_mid_save.py', '6'))
+    proc = start(tmp_path, tiny_mds, 'd1', launcher=(sys.executable,), script=('tests/train_killed_mid_save.py', '6'))
     assert finish(proc) != 0
     names = sorted(os.listdir(folder(tmp_path)))
     assert names == sorted(['ep0-ba2-rank0.pt', 'ep0-ba4-rank0.pt', LATEST_NAME, 'partial-ep0-ba6-rank0.pt', RECORD_NAME, LOCK_NAME, LAST_START_NAME])
@@ -250,7 +275,7 @@ def test_kill_mid_save_truncated_checkpoint_and_missing_symlink(tmp_path, tiny_m
     os.truncate(newest, newest.stat().st_size // 2)  # as a non-atomic write cut off by a kill
     os.remove(folder(tmp_path) / LATEST_NAME)
 
-    log = run_to_end(tmp_path, tiny_mds, 'd2')
+    log = run_to_end(tmp_path, tiny_mds, 'd2', launcher=(sys.executable,))
     assert f'Skipping checkpoint {newest}' in log and 'partial-ep0-ba6-rank0.pt' in log
     assert f'Autoresume checkpoint: {ckpt(tmp_path, 2)}' in log
     assert (folder(tmp_path) / (newest.name + CORRUPT_SUFFIX)).exists()

@@ -1,6 +1,6 @@
 """Start-up guards on the run folder (docs/preemption.md): the experiment record, the run lock,
 writable output folders, stale Streaming shared memory. Mostly in-process on the functions; two
-subprocess runs of ``composer train.py`` check that the real command stops before the model."""
+subprocess runs of ``python train.py`` check that the real command stops before the model."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import pytest
+import pandas as pd
 from streaming import StreamingDataset
 from streaming.base.constant import SHM_TO_CLEAN
 from streaming.base.shared.prefix import _get_path
@@ -27,7 +28,6 @@ from lm_eval_helpers import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, 'yamls', 'smoke_cpu.yaml')
-COMPOSER = os.path.join(os.path.dirname(sys.executable), 'composer')  # the venv's, not PATH's
 CASES = load_script('bad_inputs_table')  # owner of the run-folder world shared with docs/bad_inputs.md
 smoke_overrides, smoke, folder_of, record = CASES.smoke_overrides, CASES.smoke, CASES.folder_of, CASES.record
 started, fake_checkpoint, UNWRITABLE_FOLDERS = CASES.started, CASES.fake_checkpoint, CASES.UNWRITABLE_FOLDERS
@@ -108,15 +108,17 @@ def test_checkpoints_without_record_get_one_with_a_warning_and_a_fresh_start_rep
     assert record(tmp_path)['experiment']['seed'] == 18
 
 
-def composer_start(mds, run_root, *extra) -> subprocess.CompletedProcess:
-    return subprocess.run([COMPOSER, 'train.py', SMOKE, *smoke_overrides(mds, run_root), *extra], cwd=REPO,
+def train_start(mds, run_root, *extra) -> subprocess.CompletedProcess:
+    """``python train.py`` on the smoke YAML: the checks run in the rank, the launcher only relays them
+    (test_preemption restarts runs through ``composer``)."""
+    return subprocess.run([sys.executable, 'train.py', SMOKE, *smoke_overrides(mds, run_root), *extra], cwd=REPO,
                           capture_output=True, text=True, timeout=STARTUP_TIMEOUT_S)
 
 
-def test_composer_train_refuses_a_changed_seed_before_building_the_model(tiny_mds, tmp_path):
+def test_train_py_refuses_a_changed_seed_before_building_the_model(tiny_mds, tmp_path):
     started(tiny_mds, tmp_path)
     fake_checkpoint(tmp_path)
-    done = composer_start(tiny_mds, tmp_path, 'seed=18')
+    done = train_start(tiny_mds, tmp_path, 'seed=18')
     assert done.returncode != 0
     assert (f'{folder_of(tmp_path)} holds checkpoints of another experiment: resuming them with this config would '
             f'mix two experiments. Changed since {folder_of(tmp_path) / RECORD_NAME}: seed: 17 -> 18. Start a new run '
@@ -125,12 +127,12 @@ def test_composer_train_refuses_a_changed_seed_before_building_the_model(tiny_md
     assert not (tmp_path / 'smoke_cpu' / 'metrics.csv').exists()
 
 
-def test_composer_train_refuses_a_max_duration_that_would_restretch_the_cosine(tiny_mds, tmp_path):
+def test_train_py_refuses_a_max_duration_that_would_restretch_the_cosine(tiny_mds, tmp_path):
     """yamls/smoke_cpu.yaml leaves t_max at Composer's 1dur: extending the run would stretch the
     cosine over the batches already trained."""
     started(tiny_mds, tmp_path)
     fake_checkpoint(tmp_path)
-    done = composer_start(tiny_mds, tmp_path, 'max_duration=60ba')
+    done = train_start(tiny_mds, tmp_path, 'max_duration=60ba')
     assert done.returncode != 0
     assert (f'Changed since {folder_of(tmp_path) / RECORD_NAME}: scheduler.t_max: "30ba" -> "60ba". The LR schedule '
             'would change at the batches already trained or still to come: cosine_with_warmup(t_warmup=4ba, '
@@ -167,19 +169,25 @@ def test_extending_a_run_with_an_absolute_t_max_continues_its_lr_curve(tiny_mds,
     """An 8-batch cosine trained 4 batches, then extended to 8: the LR read back from metrics.csv at
     every batch is the uninterrupted curve's. Dropping the pin (t_max back to 1dur) is refused."""
     leg = ('save_interval=4ba', 'console_log_interval=1ba', 'eval_interval=4ba', 'eval_subset_num_batches=1')
-    first = composer_start(tiny_mds, tmp_path, 'max_duration=4ba', 'scheduler.t_max=8ba', *leg)
+    first = train_start(tiny_mds, tmp_path, 'max_duration=4ba', 'scheduler.t_max=8ba', *leg)
     assert first.returncode == 0, first.stderr[-5000:]
     assert (folder_of(tmp_path) / 'ep0-ba4-rank0.pt').exists()
 
-    forgot = composer_start(tiny_mds, tmp_path, 'max_duration=6ba', *leg)  # t_max=1dur would make it 6ba
+    forgot = train_start(tiny_mds, tmp_path, 'max_duration=6ba', *leg)  # t_max=1dur would make it 6ba
     assert forgot.returncode != 0
     assert ('scheduler.t_max: "8ba" -> "6ba". The LR schedule would change' in forgot.stderr
             and 'set scheduler.t_max=8ba in the YAML' in forgot.stderr), forgot.stderr[-5000:]
     assert 'Building tokenizer...' not in forgot.stderr and sorted(logged_lrs(tmp_path)) == [1, 2, 3, 4]
 
-    extended = composer_start(tiny_mds, tmp_path, 'max_duration=8ba', 'scheduler.t_max=8ba', *leg)
+    first_rows = pd.read_csv(tmp_path / 'smoke_cpu' / 'metrics.csv').drop(columns='wall_time_s')
+    extended = train_start(tiny_mds, tmp_path, 'max_duration=8ba', 'scheduler.t_max=8ba', *leg)
     assert extended.returncode == 0, extended.stderr[-5000:]
     assert 'Resuming from checkpoint' in extended.stderr or 'ep0-ba4-rank0.pt' in extended.stderr
+    rows = pd.read_csv(tmp_path / 'smoke_cpu' / 'metrics.csv').drop(columns='wall_time_s')
+    assert rows[rows.phase == 'train'].batch.tolist() == list(range(1, 9))  # continued at 5, nothing twice
+    assert rows[rows.phase == 'eval'].batch.tolist() == [4, 8]
+    kept = rows[rows.batch <= 4].reset_index(drop=True)  # the first leg's rows are kept as they were
+    pd.testing.assert_frame_equal(kept[first_rows.columns], first_rows)
     lrs = logged_lrs(tmp_path)
     assert sorted(lrs) == list(range(1, 9))
     # Composer steps the scheduler before it advances the batch counter: the LR logged at batch b is
@@ -208,7 +216,7 @@ def test_second_run_is_refused_while_a_live_one_holds_the_folder_and_a_killed_ho
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == 'locked\n'
-        done = composer_start(tiny_mds, tmp_path)
+        done = train_start(tiny_mds, tmp_path)
         assert done.returncode != 0
         assert f'{folder} is in use by another live run (host {os.uname().nodename}, pid {holder.pid}, started ' in done.stderr
         assert 'Stop that run, or give this one its own folder with run_name=<new name>.' in done.stderr

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 
@@ -15,6 +16,8 @@ from prefix_composer.files import write_json_atomic
 from prefix_composer.runtime.run_folder import lock_run_folder
 from prefix_composer.runtime.run_record import RECORD_NAME as LAST_START
 from prefix_composer.runtime.sweep import gpu_hours, max_tokens, plan_run, run_status
+
+from lm_eval_helpers import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOW = time.time()
@@ -110,12 +113,31 @@ def test_tokens_and_gpu_hours():
         'ce_seed1', '/x/ce_seed1/checkpoints', '/x/ce_seed1', 2_000_000_000)
 
 
-def sweep(*args, env=None):
-    return subprocess.run([sys.executable, os.path.join(REPO, 'scripts', 'sweep.py'), *args], cwd=REPO,
-                          capture_output=True, text=True, env=env, timeout=600)
+sys.path.insert(0, os.path.join(REPO, 'scripts'))  # its sibling scripts, as `python scripts/sweep.py` has them
+SWEEP = load_script('sweep')
 
 
-def test_status_table_and_exit_status(tmp_path):
+@pytest.fixture
+def sweep(capfd, monkeypatch):
+    """``python scripts/sweep.py ARGS`` from the repository root, run in this process (a subprocess would
+    spend seconds on imports): the exit status, stdout and stderr as ``subprocess.run`` gives them,
+    captured at the file descriptors (``submit`` prints through its Run:ai script)."""
+    monkeypatch.chdir(REPO)
+
+    def run(*args):
+        try:
+            status = SWEEP.main(list(args))
+        except SystemExit as stop:  # a refusal: Python prints the message to stderr and exits 1
+            status = stop.code if isinstance(stop.code, int) else 1
+            if not isinstance(stop.code, int):
+                print(stop.code, file=sys.stderr)
+        out, err = capfd.readouterr()
+        return types.SimpleNamespace(returncode=status, stdout=out, stderr=err)
+
+    return run
+
+
+def test_status_table_and_exit_status(tmp_path, sweep):
     make_run(tmp_path, 'ce', 'finished')
     ok = sweep('status', str(tmp_path), 'brief001', f'variables.run_root={tmp_path}', '--variants', 'ce',
                'label_smoothing', '--seeds', '0')
@@ -129,7 +151,7 @@ def test_status_table_and_exit_status(tmp_path):
     assert bad.returncode == 1 and 'needs attention: ce_seed1' in bad.stdout
 
 
-def test_submit_dry_run_skips_finished_and_live_runs(tmp_path):
+def test_submit_dry_run_skips_finished_and_live_runs(tmp_path, sweep, monkeypatch):
     bin_dir = tmp_path / 'bin'
     bin_dir.mkdir()
     (bin_dir / 'runai').write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" >> {tmp_path / "argv"}\n')
@@ -138,11 +160,11 @@ def test_submit_dry_run_skips_finished_and_live_runs(tmp_path):
     make_run(runs, 'ce', 'finished')
     live = make_run(runs, 'label_smoothing', 'running')
     make_run(runs, 'prefix_simple', 'preempted')
-    env = {**os.environ, 'PATH': f'{bin_dir}{os.pathsep}{os.environ["PATH"]}'}
+    monkeypatch.setenv('PATH', f'{bin_dir}{os.pathsep}{os.environ["PATH"]}')
     lock = lock_run_folder(str(live / 'checkpoints'))
     try:
         done = sweep('submit', 'brief001', f'variables.run_root={runs}', '--dry-run', '--seeds', '0',
-                     '--variants', 'ce', 'label_smoothing', 'prefix_simple', 'prefix_norm_eps1', env=env)
+                     '--variants', 'ce', 'label_smoothing', 'prefix_simple', 'prefix_norm_eps1')
     finally:
         lock.close()
     assert done.returncode == 0, done.stderr
@@ -156,19 +178,19 @@ def test_submit_dry_run_skips_finished_and_live_runs(tmp_path):
     assert len(out) == 6 and not (tmp_path / 'argv').exists()  # dry run: runai never called
 
 
-def test_plan_lists_runs_and_gpu_hours_and_refuses_missing_replicas():
+def test_plan_lists_runs_and_gpu_hours_and_refuses_missing_replicas(sweep):
     done = sweep('plan', 'brief000', '--variants', 'b000_ce', '--seeds', '0', '1', '--tokens-per-s-per-gpu', '50000')
     assert done.returncode == 0, done.stderr
     assert 'yamls/replicas/b000_ce_seed1.yaml' in done.stdout and '/mnt/runs/b000_ce_seed1/checkpoints' in done.stdout
     hours = gpu_hours(2 * 2_000_000_000, 50_000)
-    assert f'2 runs, 4,000,000,000 tokens in all.' in done.stdout and f'{hours:,.0f} GPU-hours' in done.stdout
+    assert '2 runs, 4,000,000,000 tokens in all.' in done.stdout and f'{hours:,.0f} GPU-hours' in done.stdout
     missing = sweep('plan', 'brief001', '--seeds', '7')
     assert missing.returncode != 0 and 'make_yamls.py --seeds 7' in missing.stderr
     unknown = sweep('plan', 'brief009')
     assert unknown.returncode != 0 and "unknown family 'brief009'" in unknown.stderr
 
 
-def test_report_refuses_while_a_compared_run_is_unfinished(tmp_path):
+def test_report_refuses_while_a_compared_run_is_unfinished(tmp_path, sweep):
     make_run(tmp_path, 'ce', 'finished', evals=2)
     make_run(tmp_path, 'prefix_simple', 'preempted', evals=1)
     done = sweep('report', str(tmp_path))

@@ -1,4 +1,4 @@
-"""``composer tests/train_killed_mid_save.py BATCH yamls/... [key=value ...]``: train.py that SIGKILLs
+"""``python tests/train_killed_mid_save.py BATCH yamls/... [key=value ...]``: train.py that SIGKILLs
 itself after the checkpoint of batch BATCH is written and fsynced under its temporary name, before
 the rename that publishes it (a test double around ``checkpoints.fsync_path``; production code
 has no hook)."""
