@@ -32,6 +32,10 @@ INTERNALS = [  # (dotted name, sha256 of its source in Composer 0.32.1, what dep
      '68a12f46ece3b5a372cbf7be9916fd79805f78afe8f0a5487135adb667a2e0da',
      'interval saves reach AtomicCheckpointSaver._save_checkpoint through it; GracefulPreemption skips its own '
      'save when last_checkpoint_batch is this batch'),
+    ('composer.models.huggingface.HuggingFaceModel.get_metadata',
+     'a041198d746b24dd5208cd474328699cd0462d1e776b36acf50958a0d587c5c2',
+     'training/model.PrefixLlamaForCausalLM computes it once per run and reuses it at every checkpoint, which '
+     'holds while it depends on the model config and the tokenizer alone'),
     ('composer.utils.dist.get_node_signal_file_name',
      '2f0ed21f67cf1efbb77e8ce893d5572324a7fdae9aa1c5fae5f2362f59a95f6c',
      'runtime/multinode.install_node_signal_file_name replaces it (a per-node name on a shared volume)'),

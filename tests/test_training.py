@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from composer.models import HuggingFaceModel
 
 from lm_eval_helpers import load_script, tiny_model
 from prefix_composer.runtime.experiment import RECORD_NAME
@@ -141,3 +142,13 @@ def test_a_train_metric_sees_the_logits_of_the_training_weights(loss_impl, token
     assert len(nll) == 2 and len(metric) >= 2  # one per batch (Composer logs the last again at the epoch's end)
     assert metric[:2] == pytest.approx(nll, rel=1e-5)
     assert 10.0 < metric[0] < 13.0  # about ln(128,256) = 11.76 at initialisation, not a gradient's scale
+
+
+def test_checkpoint_metadata_is_composers_computed_once(tokenizer):
+    """The HF config and tokenizer files every checkpoint carries equal Composer's derivation, made at
+    the first save only."""
+    model = tiny_model(tokenizer)
+    first = model.get_metadata()
+    assert first == HuggingFaceModel.get_metadata(model)
+    assert first['model']['config']['content']['vocab_size'] == 128_256 and first['tokenizer']
+    assert model.get_metadata() is first

@@ -68,6 +68,15 @@ class PrefixLlamaForCausalLM(HuggingFaceModel):
         )
         self.tokenizer_size = len(tokenizer)
         self.loss_impl = loss_impl
+        self._metadata: Optional[dict] = None
+
+    def get_metadata(self) -> dict:
+        """``HuggingFaceModel.get_metadata`` (the HF config and tokenizer files that every checkpoint
+        carries), computed at the first checkpoint and reused: both are fixed for the run, and Composer
+        derives them through temporary files and a JSON parse of the whole tokenizer at every save."""
+        if self._metadata is None:
+            self._metadata = super().get_metadata()
+        return self._metadata
 
     def forward(self, batch: Mapping[str, Any]) -> CausalLMOutput:
         input_ids = batch['input_ids']
