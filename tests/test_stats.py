@@ -272,6 +272,14 @@ def test_lattice_sign_flip_matches_enumeration(d):
     assert sign_flip_test(d, exact_max=0) == (pytest.approx(enumerated_sign_flip_p(d), rel=1e-9), 'exact')
 
 
+def test_float_noise_around_zero_is_a_zero_difference_on_the_lattice():
+    # Scores equal up to rounding (e.g. two runs' means of the same values summed in another order)
+    # differ by ~1e-12: inside the lattice's tolerance they are zeros and drop out like exact zeros.
+    d = [k / 26 for k in (3, -1, 5, 2, 2, -4, 7, 1, 3, -2, 6, 1, 2, 4)]
+    noisy = d + [1e-12, -3e-13, 2e-12]
+    assert sign_flip_test(noisy, exact_max=0) == (pytest.approx(enumerated_sign_flip_p(d), rel=1e-9), 'exact')
+
+
 def test_lattice_sign_flip_is_mcnemar_at_any_size():
     # One seed of 0/1 data with 130 + 90 discordant items: the convolution is the binomial test.
     x, y = outcomes(130, 90, both_right=500, both_wrong=300)

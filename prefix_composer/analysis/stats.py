@@ -154,6 +154,7 @@ def sign_flip_test(d, n_perm: int = 10_000, rng: int | np.random.Generator = 0,
     q = _lattice_denominator(d)
     if q is not None and np.abs(d).sum() * q <= LATTICE_MAX_SPAN:
         scaled = np.round(d * q).astype(np.int64)
+        scaled = scaled[scaled != 0]  # within the lattice's tolerance of 0 (float noise): zero, dropped as above
         magnitudes = np.abs(scaled)
         signed_total = abs(int(scaled.sum()))
         return _lattice_tail(magnitudes, signed_total), 'exact'
