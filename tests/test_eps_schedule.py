@@ -14,8 +14,7 @@ import pytest
 import torch
 from test_fused_loss import fused_with_grads, head_example
 from test_loss import FLOAT64_RTOL, IGNORE, PADDED_VOCAB, PIECES, SPECIALS, dense_reference, dense_targets
-from test_preemption import finish
-from test_preemption import start as start_training
+from test_preemption import straight
 
 from prefix_composer.losses.soft_target import soft_target_cross_entropy
 from prefix_composer.objectives import EpsSchedule, ObjectiveSpec, build_target_table
@@ -171,10 +170,6 @@ OVERRIDES = [
 ]
 
 
-def start(run_root, mds, name):
-    return start_training(run_root, mds, name, launcher=(sys.executable,), overrides=OVERRIDES)
-
-
 def train_rows(run_root) -> pd.DataFrame:
     metrics = pd.read_csv(run_root / 'smoke_cpu' / 'metrics.csv')
     return metrics[metrics.phase == 'train'].reset_index(drop=True)
@@ -182,10 +177,7 @@ def train_rows(run_root) -> pd.DataFrame:
 
 @pytest.fixture(scope='module')
 def scheduled_run(tmp_path_factory, tiny_mds):
-    root = tmp_path_factory.mktemp('scheduled')
-    proc = start(root, tiny_mds, 'straight')
-    assert finish(proc) == 0, proc.log_path.read_text()[-5000:]
-    return root
+    return straight(tmp_path_factory, tiny_mds, 'scheduled', OVERRIDES)
 
 
 def test_eps_in_force_is_logged_per_batch_and_reaches_the_loss(scheduled_run):

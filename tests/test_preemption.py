@@ -92,10 +92,18 @@ def finish(proc) -> int:
         raise
 
 
-def run_to_end(tmp_path, mds, name, launcher=COMPOSER):
-    proc = start(tmp_path, mds, name, launcher)
+def run_to_end(tmp_path, mds, name, launcher=COMPOSER, overrides=OVERRIDES):
+    proc = start(tmp_path, mds, name, launcher, overrides=overrides)
     assert finish(proc) == 0, proc.log_path.read_text()[-5000:]
     return proc.log_path.read_text()
+
+
+def straight(tmp_path_factory, mds, name, overrides=OVERRIDES):
+    """A run of the smoke training to its end in a fresh folder, by ``python train.py`` (not the
+    launcher, which it does not test); its log is ``<folder>/<name>.log``."""
+    root = tmp_path_factory.mktemp(name)
+    run_to_end(root, mds, name, launcher=(sys.executable,), overrides=overrides)
+    return root
 
 
 def wait_for(condition, proc, what):
@@ -189,8 +197,7 @@ def expected_eps(batch: int) -> float:
 def straight_run(tmp_path_factory, tiny_mds):
     """Run A: 12 batches without interruption (``train.py`` without the launcher, which it does not test),
     with the ``STATEFUL`` components really at work: the scheduled eps per batch, split training batches."""
-    root = tmp_path_factory.mktemp('run_a')
-    run_to_end(root, tiny_mds, 'a', launcher=(sys.executable,))
+    root = straight(tmp_path_factory, tiny_mds, 'a')
     assert os.readlink(folder(root) / LATEST_NAME) == f'ep0-ba{MAX_BATCHES}-rank0.pt'
     with open(root / 'smoke_cpu' / 'metrics.csv', newline='') as f:
         train = [r for r in csv.DictReader(f) if r['phase'] == 'train']

@@ -21,7 +21,7 @@ from streaming.base.partition import get_partitions
 from prefix_composer.objectives.splits import build_split_table, expand
 from prefix_composer.training import stochastok as stochastok_module
 from prefix_composer.training.stochastok import StochasTok, sample_positions
-from test_preemption import MAX_BATCHES, REPO, SMOKE_OVERRIDES, finish
+from test_preemption import MAX_BATCHES, REPO, SMOKE_OVERRIDES, finish, straight
 from test_preemption import start as start_training
 
 WIDTH = 256
@@ -210,10 +210,7 @@ def test_bad_expand_prop_is_refused_before_the_model_is_built(tmp_path, tiny_mds
 
 @pytest.fixture(scope='module')
 def straight_run(tmp_path_factory, tiny_mds):
-    root = tmp_path_factory.mktemp('stochastok_a')
-    proc = start(root, tiny_mds, 'a')
-    assert finish(proc) == 0, proc.log_path.read_text()[-5000:]
-    return root
+    return straight(tmp_path_factory, tiny_mds, 'a', [*SMOKE_OVERRIDES, *STOCHASTOK])
 
 
 def test_train_run_logs_the_split_columns(straight_run):
