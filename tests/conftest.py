@@ -28,22 +28,6 @@ SAMPLE_TEXT = (
 )
 
 
-# The test files that run real trainings, the longest first (by their summed test durations in a
-# 2-worker `--durations` run). xdist's ``--dist loadfile`` hands files to the workers in collection order
-# (``--no-loadscope-reorder`` in pyproject.toml keeps it from ordering them by test count), so these
-# start first and the many short files fill the end, instead of one worker finishing a long file alone.
-LONGEST_FIRST = ('test_preemption.py', 'test_run_folder.py', 'test_multinode.py', 'test_training.py',
-                 'test_preemption_eval.py', 'test_lm_eval_callback.py', 'test_eval_checkpoint.py',
-                 'test_divergence.py', 'test_records.py', 'test_data_pipeline.py', 'test_stochastok.py',
-                 'test_validation_items.py', 'test_bad_inputs.py', 'test_bos.py', 'test_prefix_recovery.py',
-                 'test_eps_schedule.py', 'test_spelling_probes.py')
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: the rest keep their order
-
-
 def objective_spec(objective: str, **params) -> ObjectiveSpec:
     """``ObjectiveSpec`` of ``objective`` with the ``params`` it reads (the others would be refused)."""
     return ObjectiveSpec(objective, **{k: v for k, v in params.items() if k in OBJECTIVE_PARAMETERS[objective]})
