@@ -40,7 +40,6 @@ import shlex
 import subprocess
 import sys
 import sysconfig
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -171,33 +170,10 @@ def train(run: PlannedRun, batches: int, limit: int, threads: int) -> str:
     start = time.perf_counter()
     log_path = os.path.join(run.folder, 'demo.log')
     with open(log_path, 'a') as log:
-        with BUILDING_DATASETS:
-            offset = log.tell()
-            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-            wait_for_datasets(proc, log_path, offset)
-        returncode = proc.wait()
-    if returncode != 0:
-        raise RuntimeError(f'{run.name}: `{" ".join(command)}` failed (exit {returncode}); see {log_path}.')
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f'{run.name}: `{" ".join(command)}` failed (exit {done.returncode}); see {log_path}.')
     return f'{what} in {time.perf_counter() - start:.0f} s'
-
-
-# Streaming registers a dataset's shared memory by finding a free prefix, then creating it: two runs
-# that build their datasets at the same moment on one machine can pick the same prefix, and one fails
-# (FileExistsError: '/000NNN_locals'). The demo's concurrent runs therefore build them one at a time:
-# a run holds this lock from its start until llm-foundry logs DATASETS_BUILT (its train and eval
-# loaders exist) or it exits (an evaluation-only command, or a log level that hides the line).
-BUILDING_DATASETS = threading.Lock()
-DATASETS_BUILT = 'Initializing model...'
-
-
-def wait_for_datasets(proc: subprocess.Popen, log_path: str, offset: int) -> None:
-    """Return once ``log_path`` past ``offset`` holds ``DATASETS_BUILT`` or ``proc`` has exited."""
-    while proc.poll() is None:
-        with open(log_path, errors='replace') as log:
-            log.seek(offset)
-            if DATASETS_BUILT in log.read():
-                return
-        time.sleep(0.2)
 
 
 def main(argv: list[str]) -> int:

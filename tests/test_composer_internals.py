@@ -1,4 +1,4 @@
-"""Composer internals this project relies on are those of the pinned Composer 0.32.1.
+"""Composer internals this project relies on are those of the pinned Composer 0.32.1 (and one of Streaming).
 
 Each entry of ``INTERNALS`` is code of Composer (its signature is part of the hashed source) that the project overrides, replaces or depends on
 beyond the documented API (docs/preemption.md, "Composer internals this project relies on"). A
@@ -48,6 +48,11 @@ INTERNALS = [  # (dotted name, sha256 of its source in Composer 0.32.1, what dep
     ('composer.core.engine.sigterm_handler',
      '1ca25b650c287d1b88635f1bfa6cbad8ec108b942f9cd2e6f3999a7decf55d36',
      'the handler GracefulPreemption replaces in the ranks and runtime/launcher replaces in the launcher'),
+    ('streaming.base.shared.prefix.get_shm_prefix',
+     'df1d1d0a0cbbac9167f5a5684131c37d06ac673f44d343a27691c7e30ffa7cc3',
+     'runtime/shared_memory.install_serialized_registration wraps it (Streaming 0.12.0, uv.lock) under a /dev/shm lock '
+     'and replaces streaming.base.dataset.get_shm_prefix; re-check that it still registers <prefix>_locals by '
+     'check-then-create, takes (streams_local, streams_remote, world) and that StreamingDataset looks it up there'),
     ('composer.utils.misc.create_interval_scheduler',
      '4058aecbdd746da19e0fd8d17b26c8b1068dc6d9ab3b3e3e7171036ed5538ce0',
      'runtime/config_checks.check_durations refuses the intervals it never fires (<= 0) and says so'),

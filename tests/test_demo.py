@@ -1,12 +1,10 @@
 """scripts/demo.py's plan of runs, cheaply (no training): paired seed replicas of ce and a prefix
-objective, each an override set that resolves to the YAML's training config with that objective; and
-its concurrent runs building their datasets one at a time (stand-in commands)."""
+objective, each an override set that resolves to the YAML's training config with that objective."""
 
 from __future__ import annotations
 
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from omegaconf import OmegaConf
@@ -72,38 +70,3 @@ def test_help_lists_the_options(capsys):
     out = capsys.readouterr().out
     assert done.value.code == 0 and out.startswith('usage: ')
     assert [o for o in ('--variants', '--seeds', '--batches', '--limit', '--parallel', '--dry-run') if f'  {o}' not in out] == []
-
-
-class FakeRun(demo.PlannedRun):
-    """A planned run whose command is a Python one-liner standing in for ``composer train.py``."""
-
-    script = ''
-
-    @property
-    def folder(self) -> str:
-        return os.path.join(self.overrides[0], self.name)
-
-    def command(self) -> list[str]:
-        return [sys.executable, '-c', self.script]
-
-
-def test_concurrent_runs_build_their_datasets_one_at_a_time(tmp_path):
-    """Streaming's shared-memory registration races between runs: two runs started together each log
-    the time they start and the time they logged DATASETS_BUILT; the second starts after the first's
-    datasets were built. A run that exits without the line (eval-only, quiet log) releases the lock."""
-    FakeRun.script = ("import time; print('start', time.time(), flush=True); time.sleep(1.0); "
-                      f"print({demo.DATASETS_BUILT!r}, time.time(), flush=True); time.sleep(1.0)")
-    runs = [FakeRun(name, name, 0, 17, (str(tmp_path),)) for name in ('a', 'b')]
-    with ThreadPoolExecutor(2) as pool:
-        list(pool.map(lambda run: demo.train(run, 30, 10, 1), runs))
-    times = {}
-    for run in runs:
-        lines = open(os.path.join(run.folder, 'demo.log')).read().splitlines()
-        times[run.name] = (float(lines[0].split()[-1]), float(lines[1].split()[-1]))
-    (first_start, first_built), (second_start, _) = sorted(times.values())
-    assert second_start >= first_built and second_start - first_start >= 1.0
-
-    FakeRun.script = 'import sys; sys.exit(3)'
-    with pytest.raises(RuntimeError, match='exit 3'):
-        demo.train(FakeRun('quiet', 'quiet', 0, 17, (str(tmp_path),)), 30, 10, 1)
-    assert not demo.BUILDING_DATASETS.locked()

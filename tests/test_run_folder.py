@@ -279,3 +279,44 @@ def test_shared_memory_of_a_killed_dataset_is_removed_and_a_live_one_kept(tiny_m
     removed = clean_stale_streaming_shm()
     assert stale <= set(removed) and not streaming_shm(killed_prefix)
     assert streaming_shm(live._shm_prefix_int) == kept and not kept & set(removed)
+
+
+# Two datasets built at the same moment (each waits for "go" after its imports), with Streaming's
+# window between choosing a prefix and creating it widened to make the race certain (each of its 5
+# checks sleeps 0.4 s after finding).
+RACING_DATASET = """import sys, time
+import streaming.base.shared.prefix as prefix
+from streaming import StreamingDataset
+from prefix_composer.runtime.shared_memory import install_serialized_registration
+find = prefix._check_and_find_retrying
+def slow_find(*args, **kwargs):
+    found = find(*args, **kwargs)
+    time.sleep(0.4)
+    return found
+prefix._check_and_find_retrying = slow_find
+if sys.argv[2] == 'serialized':
+    install_serialized_registration()
+print('ready', flush=True)
+sys.stdin.readline()
+dataset = StreamingDataset(local=sys.argv[1], split='train', batch_size=1)
+print(dataset._shm_prefix_int, flush=True)
+time.sleep(3)  # alive while the other registers
+"""
+
+
+@pytest.mark.parametrize('mode', ['as_streaming_has_it', 'serialized'])
+def test_datasets_built_at_once_register_distinct_prefixes_under_the_lock(tiny_mds, mode):
+    procs = [subprocess.Popen([sys.executable, '-c', RACING_DATASET, str(tiny_mds), mode], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for proc in procs:
+        assert proc.stdout.readline() == 'ready\n', proc.stderr.read()
+    for proc in procs:
+        proc.stdin.write('go\n')
+        proc.stdin.flush()
+    outcomes = [proc.communicate(timeout=120) for proc in procs]
+    failed = [err for proc, (_, err) in zip(procs, outcomes) if proc.returncode != 0]
+    if mode == 'serialized':
+        assert not failed, failed
+        assert len({int(out) for out, _ in outcomes}) == 2
+    else:  # the race the lock removes is real
+        assert len(failed) == 1 and 'FileExistsError' in failed[0] and '_locals' in failed[0]

@@ -6,7 +6,8 @@ read and durations that cannot work (``config_checks``), lm-eval's task names an
 FSDP with the fused loss, the LR schedule against max_duration (``schedule``), then
 (pre-flight) the run-folder lock, room for a checkpoint and writable output folders, the
 checkpoints autoresume will load and the experiment they belong to, stale shared memory, and the
-MDS data against the run and its shard files.
+MDS data against the run and its shard files. Streaming's shared-memory registration is made one
+dataset at a time per node (``shared_memory.install_serialized_registration``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from prefix_composer.runtime.multinode import install_node_signal_file_name
 from prefix_composer.runtime.run_folder import check_writable, lock_run_folder
 from prefix_composer.runtime.schedule import check_schedule
 from prefix_composer.runtime.run_record import recorded_start, take_allow_diverged_resume
-from prefix_composer.runtime.shared_memory import clean_stale_streaming_shm
+from prefix_composer.runtime.shared_memory import clean_stale_streaming_shm, install_serialized_registration
 from prefix_composer.training.csv_logger import DEFAULT_PATH, metrics_path
 from prefix_composer.training.model import DEFAULT_LOSS_IMPL
 
@@ -147,6 +148,7 @@ def main(argv: Sequence[str]) -> None:
     # exist first; llm-foundry's train() finds it initialised.
     dist.initialize_dist(get_device(None), timeout=cfg.get('dist_timeout', 600.0))
     install_node_signal_file_name()
+    install_serialized_registration()
     with preflight(cfg, allowed_changes, allow_diverged):
         om.clear_resolver('oc.env')  # as llm-foundry's train_from_yaml
         train(cfg)

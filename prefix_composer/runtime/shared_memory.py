@@ -8,15 +8,29 @@ those of a live dataset of another run on the same node (this machine's tests, t
 host's ``/dev/shm``). Here an entry counts as stale when no process that this one can inspect maps it
 (``/proc/<pid>/maps``, by device and inode): a live StreamingDataset keeps all its entries mapped for its lifetime.
 Only entries owned by this user are considered (``/dev/shm`` is sticky: others' cannot be removed).
+
+Registration: Streaming's ``get_shm_prefix`` lists ``/dev/shm``, picks the first free prefix, then
+creates ``<prefix>_locals``; two runs of one machine that build datasets at the same moment can pick
+the same prefix, and one fails (``FileExistsError: '/000NNN_locals'``). ``install_serialized_registration``
+makes StreamingDataset call it under an exclusive ``flock`` on ``/dev/shm`` itself, held by the
+local leader of a one-node job for the whole call (the entries of one ``/dev/shm``, one lock). Jobs
+spanning nodes are left as Streaming has them: the call holds a barrier of all the job's ranks, and a
+host lock held across it could deadlock two such jobs sharing two hosts' ``/dev/shm`` (on Run:ai each
+pod has its own ``/dev/shm``, where no other job registers).
 """
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import logging
 import os
 import re
+from typing import Callable
 
+from streaming.base import dataset as streaming_dataset
 from streaming.base.constant import SHM_TO_CLEAN
+from streaming.base.shared import prefix as streaming_prefix
 
 log = logging.getLogger(__name__)
 
@@ -70,3 +84,25 @@ def clean_stale_streaming_shm() -> list[str]:
         log.warning('Removed %d shared-memory entries that killed StreamingDatasets left in %s: %s.',
                     len(removed), SHM_DIR, ', '.join(removed))
     return removed
+
+
+def serialized_registration(get_shm_prefix: Callable) -> Callable:
+    """``get_shm_prefix`` with the local leader of a one-node job holding an exclusive ``flock`` on
+    ``/dev/shm`` for the whole call (module docstring); other ranks, and jobs across nodes, call it as is."""
+    @functools.wraps(get_shm_prefix)
+    def registered(streams_local, streams_remote, world, *args, **kwargs):
+        if not (world.is_local_leader and world.num_nodes == 1 and os.path.isdir(SHM_DIR)):
+            return get_shm_prefix(streams_local, streams_remote, world, *args, **kwargs)
+        fd = os.open(SHM_DIR, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return get_shm_prefix(streams_local, streams_remote, world, *args, **kwargs)
+        finally:
+            os.close(fd)  # releases the lock
+    return registered
+
+
+def install_serialized_registration() -> None:
+    """Make StreamingDataset (which calls it as ``streaming.base.dataset.get_shm_prefix``) register
+    under the lock; wraps Streaming's own function, so installing again changes nothing."""
+    streaming_dataset.get_shm_prefix = serialized_registration(streaming_prefix.get_shm_prefix)
