@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 
 from lm_eval_helpers import load_script, train_tiny
 from test_mlflow import assert_one_mlflow_run_with_each_csv_value_once
+from prefix_composer.objectives import EpsSchedule
 from prefix_composer.runtime.checkpoints import (
     CORRUPT_SUFFIX,
     LATEST_NAME,
@@ -56,9 +57,9 @@ SMOKE_OVERRIDES = [
 # The objective changes during the run (eps 0.5 until batch 4, linear to 0 at batch 10), the training
 # batches are split at random (StochasTok), MLflow holds values back until a checkpoint: a resume must
 # continue each of them exactly.
-EPS_SCHEDULE = {'schedule': 'ptp', 'value': 0.5, 't1': 4, 't2': 10}  # t1, t2 in batches
+EPS_SCHEDULE = EpsSchedule('ptp', 0.5, t1=(4, 'ba'), t2=(10, 'ba'))
 STATEFUL = [
-    'algorithms.prefix_smoothing.eps={{schedule: {schedule}, value: {value}, t1: {t1}ba, t2: {t2}ba}}'.format(**EPS_SCHEDULE),
+    'algorithms.prefix_smoothing.eps={%s}' % ', '.join(f'{k}: {v}' for k, v in EPS_SCHEDULE.to_config().items()),
     'algorithms.stochastok.expand_prop=0.3',
     'loggers.mlflow.tracking_uri=file:${variables.run_root}/mlruns', 'loggers.mlflow.experiment_name=preemption',
 ]
@@ -66,6 +67,7 @@ OVERRIDES = [*SMOKE_OVERRIDES, *STATEFUL]
 # Columns that measure wall-clock time and legitimately differ between runs.
 TIMING_COLUMNS = re.compile(r'^(wall_time_s|throughput/.*|time/(train|val|total))$')
 COMPOSER = (os.path.join(os.path.dirname(sys.executable), 'composer'),)  # the venv's, not PATH's
+PYTHON = (sys.executable,)  # train.py without a launcher, for runs that do not test one
 RUN_TIMEOUT_S = 1800  # generous: the shared CI machine can be very slow; runs poll, never sleep fixed times
 
 
@@ -102,7 +104,7 @@ def straight(tmp_path_factory, mds, name, overrides=OVERRIDES):
     """A run of the smoke training to its end in a fresh folder, by ``python train.py`` (not the
     launcher, which it does not test); its log is ``<folder>/<name>.log``."""
     root = tmp_path_factory.mktemp(name)
-    run_to_end(root, mds, name, launcher=(sys.executable,), overrides=overrides)
+    run_to_end(root, mds, name, launcher=PYTHON, overrides=overrides)
     return root
 
 
@@ -187,12 +189,6 @@ def assert_same_final_state(run_root, reference_root):
         + [n for n in os.listdir(folder(run_root)) if n.endswith(CORRUPT_SUFFIX)])
 
 
-def expected_eps(batch: int) -> float:
-    """``EPS_SCHEDULE`` in force while batch ``batch`` (1-based) trains, i.e. after ``batch - 1`` batches."""
-    t, peak, t1, t2 = batch - 1, EPS_SCHEDULE['value'], EPS_SCHEDULE['t1'], EPS_SCHEDULE['t2']
-    return peak if t <= t1 else peak * max(t2 - t, 0) / (t2 - t1)
-
-
 @pytest.fixture(scope='module')
 def straight_run(tmp_path_factory, tiny_mds):
     """Run A: 12 batches without interruption (``train.py`` without the launcher, which it does not test),
@@ -201,7 +197,8 @@ def straight_run(tmp_path_factory, tiny_mds):
     assert os.readlink(folder(root) / LATEST_NAME) == f'ep0-ba{MAX_BATCHES}-rank0.pt'
     with open(root / 'smoke_cpu' / 'metrics.csv', newline='') as f:
         train = [r for r in csv.DictReader(f) if r['phase'] == 'train']
-    assert [float(r['objective/eps']) for r in train] == pytest.approx([expected_eps(b) for b in range(1, MAX_BATCHES + 1)])
+    # batch b trains after b - 1 batches
+    assert [float(r['objective/eps']) for r in train] == pytest.approx([EPS_SCHEDULE.at({'ba': b - 1}) for b in range(1, MAX_BATCHES + 1)])
     assert all(float(r['stochastok/split_prop']) > 0 for r in train)
     return root
 
@@ -273,7 +270,7 @@ def test_repeated_sigterms_save_the_current_batch_once_and_exit_zero(tmp_path, t
 
 # -- guarantee 3: kill mid-save, truncated newest checkpoint, missing symlink -------------
 def test_kill_mid_save_truncated_checkpoint_and_missing_symlink(tmp_path, tiny_mds, straight_run):
-    proc = start(tmp_path, tiny_mds, 'd1', launcher=(sys.executable,), script=('tests/train_killed_mid_save.py', '6'))
+    proc = start(tmp_path, tiny_mds, 'd1', launcher=PYTHON, script=('tests/train_killed_mid_save.py', '6'))
     assert finish(proc) != 0
     names = sorted(os.listdir(folder(tmp_path)))
     assert names == sorted(['ep0-ba2-rank0.pt', 'ep0-ba4-rank0.pt', LATEST_NAME, 'partial-ep0-ba6-rank0.pt', RECORD_NAME, LOCK_NAME, LAST_START_NAME])
@@ -282,7 +279,7 @@ def test_kill_mid_save_truncated_checkpoint_and_missing_symlink(tmp_path, tiny_m
     os.truncate(newest, newest.stat().st_size // 2)  # as a non-atomic write cut off by a kill
     os.remove(folder(tmp_path) / LATEST_NAME)
 
-    log = run_to_end(tmp_path, tiny_mds, 'd2', launcher=(sys.executable,))
+    log = run_to_end(tmp_path, tiny_mds, 'd2', launcher=PYTHON)
     assert f'Skipping checkpoint {newest}' in log and 'partial-ep0-ba6-rank0.pt' in log
     assert f'Autoresume checkpoint: {ckpt(tmp_path, 2)}' in log
     assert (folder(tmp_path) / (newest.name + CORRUPT_SUFFIX)).exists()

@@ -21,7 +21,7 @@ from streaming.base.partition import get_partitions
 from prefix_composer.objectives.splits import build_split_table, expand
 from prefix_composer.training import stochastok as stochastok_module
 from prefix_composer.training.stochastok import StochasTok, sample_positions
-from test_preemption import MAX_BATCHES, REPO, SMOKE_OVERRIDES, finish, straight
+from test_preemption import MAX_BATCHES, PYTHON, REPO, SMOKE_OVERRIDES, finish, straight
 from test_preemption import start as start_training
 
 WIDTH = 256
@@ -197,7 +197,7 @@ STOCHASTOK = ['algorithms.stochastok.expand_prop=0.3']
 
 def start(tmp_path, mds, name, extra=STOCHASTOK):
     """``python train.py`` (the launcher is not what these runs test) with StochasTok on."""
-    return start_training(tmp_path, mds, name, launcher=(sys.executable,), overrides=[*SMOKE_OVERRIDES, *extra])
+    return start_training(tmp_path, mds, name, launcher=PYTHON, overrides=[*SMOKE_OVERRIDES, *extra])
 
 
 def test_bad_expand_prop_is_refused_before_the_model_is_built(tmp_path, tiny_mds):
